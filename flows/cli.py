@@ -1,0 +1,101 @@
+"""The `pricecast` command line. Each group of commands lives in its own module and registers here.
+
+Heavy imports (TensorFlow, MLflow, Prefect) happen inside the commands, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from flows import cli_data, cli_models, cli_nightly, cli_ops
+from pricecast import __version__
+from pricecast.errors import PricecastError
+
+app = typer.Typer(
+    name="pricecast",
+    help=(
+        "Nightly retraining pipeline for weekly price forecasts.\n\n"
+        "Ingest daily prices, group them into ISO weeks, train and score LSTM candidates against "
+        "the champion and a naive baseline, track everything in MLflow and promote only what is "
+        "really better. State lives in PRICECAST_HOME (default ./.pricecast) unless "
+        "PRICECAST_DATABASE_URL, MLFLOW_TRACKING_URI or PREFECT_API_URL point elsewhere."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pricecast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Options that apply to every command."""
+
+
+for _module in (cli_data, cli_models, cli_nightly, cli_ops):
+    _module.register(app)
+
+
+def _describe_unexpected(exc: BaseException) -> str | None:
+    """One line for failures users cause that reach us as library exceptions."""
+    try:
+        from sqlalchemy.exc import OperationalError
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        return None
+    if isinstance(exc, OperationalError):
+        from pricecast.settings import get_settings
+
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+        return (
+            f"database unreachable at {get_settings().redacted_database_url}: {reason}. "
+            "Start it (make up) or point PRICECAST_DATABASE_URL at a running server."
+        )
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one clear line per user-caused failure, traceback with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        code = app(args=args, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing half-written is kept; rerun to continue", err=True)
+        code = 130
+    except PricecastError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        code = 1
+    except Exception as exc:
+        message = _describe_unexpected(exc)
+        if debug or message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

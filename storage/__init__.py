@@ -1,0 +1,1 @@
+"""Every SQL statement of pricecast: SQLAlchemy 2.0 models, engine/session, Alembic migrations, repositories."""

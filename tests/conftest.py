@@ -1,0 +1,110 @@
+"""Shared fixtures: isolated state folders, and real databases (SQLite file and PostgreSQL).
+
+Postgres tests use the server on 127.0.0.1:5432 (PRICECAST_TEST_PG_URL overrides). Each test
+gets a database of its own, dropped at the end of the session. Under CI=true a missing Postgres
+fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports prefect: no telemetry (there is no network), no user-level state.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PG_ADMIN_URL = os.environ.get(
+    "PRICECAST_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own PRICECAST_HOME and an embedded MLflow store inside it."""
+    home = tmp_path / "pricecast-home"
+    home.mkdir()
+    monkeypatch.setenv("PRICECAST_HOME", str(home))
+    monkeypatch.delenv("PRICECAST_DATABASE_URL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from pricecast.settings import get_settings
+
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_engine():
+    """An engine on the Postgres maintenance database; fails under CI, skips elsewhere, if down."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        message = f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.orig}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: Postgres tests must run)")
+        pytest.skip(message)
+    created: list[str] = []
+    engine.info["created"] = created
+    yield engine
+    with engine.connect() as conn:
+        for name in created:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def _new_pg_database(admin) -> str:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    name = f"pc_test_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.info["created"].append(name)
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url(pg_admin_engine) -> str:
+    """URL of a fresh, empty Postgres database for this test."""
+    return _new_pg_database(pg_admin_engine)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on each backend: a SQLite file, then real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield _new_pg_database(request.getfixturevalue("pg_admin_engine"))
+
+
+_skipped_postgres: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "postgres" in report.keywords:
+        _skipped_postgres.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true a skipped Postgres test is a failure, never a silent skip."""
+    if IN_CI and _skipped_postgres:
+        print(f"\nCI: {len(_skipped_postgres)} Postgres test(s) were skipped:")
+        for nodeid in _skipped_postgres[:20]:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
