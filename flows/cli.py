@@ -67,7 +67,7 @@ def _describe_unexpected(exc: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one clear line per user-caused failure, traceback with --debug."""
+    """Console entry point: one clear line per user-caused failure; traceback with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:

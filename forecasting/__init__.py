@@ -1,4 +1,4 @@
-"""Pure forecasting on numpy/pandas/Keras: ISO weeks, windows, the LSTM, baselines, metrics, backtest.
+"""Pure forecasting on numpy/pandas/Keras: ISO weeks, windows, LSTM, baselines, metrics, backtest.
 
 No SQL, no Prefect, no MLflow, no environment variables: everything comes in as arguments.
 """

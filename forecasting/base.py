@@ -19,7 +19,7 @@ class NotFittedError(RuntimeError):
 
 
 class Forecaster(abc.ABC):
-    """fit(weeks, train_until) -> self; predict(weeks, target_weeks) -> (n, 7) dollars; describe()."""
+    """fit(weeks, train_until) -> self; predict(weeks, targets) -> (n, 7) dollars; describe()."""
 
     #: Short stable name used in tables, MLflow run names and JSON ("fresh", "retrain", "naive").
     name: str

@@ -1,1 +1,1 @@
-"""Every SQL statement of pricecast: SQLAlchemy 2.0 models, engine/session, Alembic migrations, repositories."""
+"""Every SQL statement of pricecast: SQLAlchemy 2.0 models, engine, migrations, repositories."""
