@@ -25,6 +25,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _counter = itertools.count()
+_created_pg_databases: list[str] = []
 
 
 @pytest.fixture(autouse=True)
@@ -58,11 +59,9 @@ def pg_admin_engine():
         if IN_CI:
             pytest.fail(message + " (CI=true: Postgres tests must run)")
         pytest.skip(message)
-    created: list[str] = []
-    engine.info["created"] = created
     yield engine
     with engine.connect() as conn:
-        for name in created:
+        for name in _created_pg_databases:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
 
@@ -74,7 +73,7 @@ def _new_pg_database(admin) -> str:
     name = f"pc_test_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.info["created"].append(name)
+    _created_pg_databases.append(name)
     return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
 
 
