@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     )
     lock_timeout_seconds: float = 600.0
 
+    # Local services (`make up`): the Postgres to reuse if it runs, and the ports to bind on
+    # 127.0.0.1. `services_db_prefix` namespaces the databases (tests use their own).
+    pg_admin_url: str = Field(
+        default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres",
+        description="Maintenance database of a running Postgres to reuse (PRICECAST_PG_ADMIN_URL).",
+    )
+    pg_port: int = Field(default=5433, description="First port tried for a Postgres of our own.")
+    mlflow_port: int = 5000
+    prefect_port: int = 4200
+    services_db_prefix: str = ""
+    services_timeout_seconds: float = 180.0
+
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
