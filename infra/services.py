@@ -550,7 +550,12 @@ def service_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
         return [(name, "not started", "-", f"run `make up` (state: {layout.root})")
                 for name in ("postgres", "mlflow", "prefect")]  # fmt: skip
     reason = postgres_reachable(state.pg_admin_url)
-    pg_state = "running" if reason is None else f"down ({reason})"
+    if reason is None:
+        pg_state = "running"
+    elif state.pg_mode == "own" and not (layout.pg_data / "postmaster.pid").exists():
+        pg_state = "stopped"
+    else:
+        pg_state = f"down ({reason})"
     rows = [("postgres", pg_state, _masked(state.pg_admin_url), state.pg_mode)]
     for name, port, url in (
         ("mlflow", state.mlflow_port, state.mlflow_url),
@@ -576,10 +581,11 @@ def env_exports(state: State) -> list[str]:
 
 
 def print_status(settings: Settings) -> None:
-    for name, status, url, detail in service_rows(settings):
+    rows = service_rows(settings)
+    for name, status, url, detail in rows:
         print(f"{name:<9} {status:<12} {url:<48} {detail}")
     state = State.load(layout_for(settings).state_file)
-    if state is None:
+    if state is None or not any(row[1].startswith("running") for row in rows[1:]):
         return
     print('\nPoint pricecast at them (or: eval "$(.venv/bin/python infra/services.py env)"):')
     for line in env_exports(state):

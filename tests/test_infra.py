@@ -1,0 +1,195 @@
+"""The services: docker-compose consistency (no Docker here), and `make up` -> nightly against the
+three servers -> the run visible through the MLflow and Prefect REST APIs -> `make down`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "infra" / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}; `$$` is a literal `$`.
+VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+# ------------------------------------------------------------------ docker-compose, statically
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable substitution rules (the subset the file uses)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2), match.group(3)
+        value = env.get(name)
+        unset_or_empty = value is None or (value == "" and operator and operator.startswith(":"))
+        if operator in (":?", "?") and unset_or_empty:
+            raise MissingVariable(f"{name}: {argument}")
+        if operator in (":-", "-") and unset_or_empty:
+            return argument
+        return value or ""
+
+    return VARIABLE.sub(substitute, text).replace("$$", "$")
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def load_compose(env: dict[str, str]) -> dict:
+    return yaml.safe_load(interpolate(COMPOSE.read_text(), env))
+
+
+def test_compose_required_variables_fail_loudly_and_are_documented() -> None:
+    text = COMPOSE.read_text()
+    uses = VARIABLE.findall(text)
+    required = {name for name, operator, _ in uses if operator in (":?", "?")}
+    defaulted = {name for name, operator, _ in uses if operator in (":-", "-")}
+    bare = {name for name, operator, _ in uses if not operator}
+    assert {"POSTGRES_USER", "POSTGRES_PASSWORD"} <= required
+    # A variable used bare must be required somewhere, or compose silently substitutes "".
+    assert bare <= required | defaulted, bare - required - defaulted
+    documented = env_example()
+    assert (required | defaulted | bare) <= set(documented), set(documented)
+    # The example as shipped has no password: compose must refuse to start until one is set.
+    with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
+        load_compose(documented)
+    with pytest.raises(MissingVariable, match="POSTGRES_USER"):
+        load_compose({"POSTGRES_PASSWORD": "x"})
+    assert load_compose({**documented, "POSTGRES_PASSWORD": "s3cret"})["name"] == "pricecast"
+
+
+def test_compose_services_reference_each_other_consistently() -> None:
+    config = load_compose({**env_example(), "POSTGRES_PASSWORD": "s3cret"})
+    services = config["services"]
+    assert set(services) == {"postgres", "mlflow", "prefect", "serve"}
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    for name, service in services.items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in services, (name, dependency)
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], dependency
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                mounted = (COMPOSE.parent / source).resolve()
+                assert mounted.exists() or source == "../data", (name, volume)
+            else:
+                assert source in config["volumes"], (name, volume)
+        build = service.get("build")
+        if build:
+            context = (COMPOSE.parent / build["context"]).resolve()
+            assert (context / build["dockerfile"]).is_file()
+
+    init_sql = (COMPOSE.parent / "postgres-init.sql").read_text()
+    databases = {services["postgres"]["environment"]["POSTGRES_DB"]}
+    databases |= set(re.findall(r"CREATE DATABASE (\w+)", init_sql))
+    mlflow = services["mlflow"]["command"]
+    backend = mlflow[mlflow.index("--backend-store-uri") + 1]
+    assert backend.startswith("postgresql+psycopg2://") and backend.endswith(
+        "@postgres:5432/mlflow"
+    )
+    assert "--serve-artifacts" in mlflow and "--artifacts-destination" in mlflow
+    prefect_env = services["prefect"]["environment"]
+    assert prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    serve_env = services["serve"]["environment"]
+    urls = [backend, prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"]]
+    urls.append(serve_env["PRICECAST_DATABASE_URL"])
+    assert {url.rsplit("/", 1)[1] for url in urls} <= databases
+    assert serve_env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert serve_env["PREFECT_API_URL"] == "http://prefect:4200/api"
+    assert services["serve"]["command"][:2] == ["pricecast", "serve"]
+
+    # The options the container passes exist on the real CLI.
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    help_text = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
+    for option in services["serve"]["command"][2::2]:
+        assert option in help_text, option
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
+    for source in re.findall(r"^COPY (.+?) \S+$", dockerfile, flags=re.MULTILINE):
+        for path in source.split():
+            assert (ROOT / path).exists(), path
+
+
+# ------------------------------------------------------------------ services.py, for real
+
+
+def load_services() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pricecast_services", ROOT / "infra/services.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being created
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.postgres
+def test_own_postgres_cluster_starts_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a usable Postgres, `up` creates one under PRICECAST_HOME with the installed binaries.
+
+    The home is outside pytest's tmp tree: when running as root, the cluster runs as the
+    `postgres` account, which cannot enter root's private tmp folders.
+    """
+    services = load_services()
+    try:
+        services.find_pg_binary("initdb")
+    except Exception as exc:  # noqa: BLE001 - no server binaries installed here
+        pytest.skip(str(exc))
+    home = Path(tempfile.mkdtemp(prefix="pricecast-own-pg-"))
+    home.chmod(0o755)
+    monkeypatch.setenv("PRICECAST_HOME", str(home))
+    from pricecast.settings import Settings
+
+    settings = Settings()
+    layout = services.layout_for(settings)
+    try:
+        admin_url = services.start_own_postgres(layout, settings, timeout=60)
+        assert services.postgres_reachable(admin_url) is None
+        assert services.ensure_databases(admin_url, ["pricecast"]) == ["pricecast"]
+        assert services.ensure_databases(admin_url, ["pricecast"]) == []  # idempotent
+        # A second start finds it running on the same port.
+        assert services.start_own_postgres(layout, settings, timeout=60) == admin_url
+    finally:
+        services.stop_own_postgres(layout)
+        shutil.rmtree(home, ignore_errors=True)
+    assert services.postgres_reachable(admin_url) is not None
+
+
+def test_port_taken_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    services = load_services()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        spec = services.ServerSpec("mlflow", port, ["true"], {})
+        layout = services.Layout(tmp_path / "services")
+        with pytest.raises(Exception, match=rf"port {port} .* taken .*PRICECAST_MLFLOW_PORT"):
+            services.launch_server(spec, layout)
