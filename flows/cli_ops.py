@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
+import json
 
 import typer
 
@@ -41,6 +43,54 @@ def serve(
     serve_nightly(ticker, source=source, cron=cron, timezone=timezone, limit=limit)
 
 
+def backfill(
+    ticker: str = typer.Option("BTC-USD", "--ticker", help=TICKER_HELP),
+    source: str = typer.Option(..., "--source", help=SOURCE_HELP),
+    start: str = typer.Option(..., "--start", help="First night to replay (YYYY-MM-DD)."),
+    end: str = typer.Option(..., "--end", help="Last night to replay (YYYY-MM-DD, inclusive)."),
+    every: str = typer.Option("day", "--every", help="Replay every `day` or every `week`."),
+    seed: int | None = typer.Option(None, "--seed", help="Training seed (default: settings)."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Training epochs (default: PRICECAST_EPOCHS)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Replay the nightly run as of each date from --start to --end, oldest first.
+
+    Each night sees only prices up to its date, and trains only when a week has completed
+    since the last night that trained (a daily backfill over a year trains ~52 times). Nights
+    already done are skipped, so a rerun after a failure or Ctrl-C continues where it stopped;
+    the first failing night stops the backfill with its reason.
+    """
+    from flows.backfill import run_backfill
+
+    summary = run_backfill(
+        ticker=ticker,
+        source=source,
+        start=parse_date(start, "--start"),
+        end=parse_date(end, "--end"),
+        every=every,
+        seed=seed,
+        epochs=epochs,
+    )
+    if as_json:
+        typer.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    typer.echo(
+        f"backfill {ticker} {summary.start}..{summary.end} every {every}: "
+        f"{summary.nights} night(s), {len(summary.replayed)} replayed "
+        f"({summary.trained_nights} trained), {summary.skipped_done} already done, "
+        f"{summary.seconds:.0f} s"
+    )
+
+
+def reflow(doc: str | None) -> str:
+    """A docstring as --help text: paragraphs joined into lines, so the terminal wraps them."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `pricecast` app."""
-    app.command("serve")(serve)
+    for name, command in (("serve", serve), ("backfill", backfill)):
+        app.command(name, help=reflow(command.__doc__))(command)

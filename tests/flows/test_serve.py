@@ -1,0 +1,188 @@
+"""`pricecast serve`: clear errors without a Prefect API, and against a real `prefect server start`:
+the deployment appears with its cron schedule and a run created through the API completes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows.serve import check_prefect_api, deployment_name, validate_schedule
+from pricecast.errors import ConfigError, ServiceUnavailable
+
+SERVER_START_TIMEOUT = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------ errors, no server needed
+
+
+def test_no_api_url_says_how_to_get_one() -> None:
+    with pytest.raises(ConfigError, match="PREFECT_API_URL is not set.*make up"):
+        check_prefect_api(None)
+
+
+def test_server_down_is_service_unavailable() -> None:
+    url = f"http://127.0.0.1:{free_port()}/api"
+    with pytest.raises(ServiceUnavailable, match=f"Prefect API at {url} is not answering"):
+        check_prefect_api(url, timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("cron", "timezone", "message"),
+    [("0 2 * *", "UTC", "invalid cron"), ("0 2 * * *", "Mars/Olympus", "unknown timezone")],
+)
+def test_bad_schedule_is_config_error(cron: str, timezone: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_schedule(cron, timezone)
+
+
+def test_cli_server_down_exits_1_with_one_line(tmp_path: Path) -> None:
+    # A fresh process: Prefect resolves PREFECT_API_URL once, at import.
+    url = f"http://127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "pricecast"), "serve", "--ticker", "BTC-USD",
+         "--source", "synthetic"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"error: the Prefect API at {url} is not answering")
+    assert result.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------ against a real server
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `prefect server start` on an ephemeral port, with its own home and SQLite file."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log = (home / "server.log").open("wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_for(lambda: _healthy(url), SERVER_START_TIMEOUT, "prefect server", process)
+        yield url
+    finally:
+        _stop_group(process)
+        log.close()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what} exited early with code {process.returncode}")
+        time.sleep(1.0)
+    raise AssertionError(f"{what}: not ready within {timeout:.0f} s")
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_served_deployment_has_cron_and_runs_what_the_api_starts(
+    prefect_server: str, tmp_path: Path, isolated_home: Path
+) -> None:
+    ticker = "SERVE-T"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PRICECAST_HOME": str(isolated_home),
+        "PRICECAST_EPOCHS": "1",
+        "PRICECAST_HOLDOUT_WEEKS": "2",
+        "PRICECAST_WINDOW_WEEKS": "4",
+    }
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        serve = subprocess.Popen(
+            [str(Path(sys.executable).parent / "pricecast"), "serve", "--ticker", ticker,
+             "--source", "synthetic", "--cron", "30 3 * * 1", "--timezone", "Europe/Paris"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    api = httpx.Client(base_url=prefect_server, timeout=10)
+    try:
+        name = deployment_name(ticker)
+        deployment = wait_for(lambda: _deployment(api, name), 120, f"deployment {name}", serve)
+        schedules = [s["schedule"] for s in deployment["schedules"]]
+        assert schedules == [{"cron": "30 3 * * 1", "timezone": "Europe/Paris", "day_or": True}], (
+            schedules
+        )
+        assert deployment["parameters"] == {"ticker": ticker, "source": "synthetic"}
+
+        as_of = "2024-03-10"
+        created = api.post(
+            f"/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": {"as_of": as_of}},
+        )
+        created.raise_for_status()
+        run_id = created.json()["id"]
+        final = wait_for(lambda: _finished(api, run_id), 420, f"flow run {run_id}", serve)
+        assert final["state"]["type"] == "COMPLETED", (final["state"], log_path.read_text()[-3000:])
+        assert final["parameters"]["as_of"] == as_of
+        assert final["parameters"]["ticker"] == ticker
+    finally:
+        _stop_group(serve)
+        api.close()
+
+
+def _deployment(api: httpx.Client, name: str) -> dict | None:
+    response = api.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}})
+    response.raise_for_status()
+    found = response.json()
+    return found[0] if found else None
+
+
+def _finished(api: httpx.Client, run_id: str) -> dict | None:
+    run = api.get(f"/flow_runs/{run_id}").json()
+    return run if run["state"] and run["state"]["type"] in _FINAL else None
+
+
+_FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
