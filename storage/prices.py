@@ -1,0 +1,446 @@
+"""Price repository: set-based upserts that keep revisions, rejected rows, and as-of reads.
+
+Rows stream in batches (COPY on PostgreSQL, executemany on SQLite); re-loads go through a
+temporary staging table and one set-based merge, so a ticker costs a handful of statements.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import NamedTuple, TypeVar
+
+from sqlalchemy import (
+    Column,
+    Date,
+    Double,
+    MetaData,
+    Table,
+    and_,
+    case,
+    delete,
+    distinct,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateTable
+
+from pricecast.errors import DataError
+from storage.models import DailyPrice, PriceRevision, RejectedRow, utc_now
+
+VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "market_cap")
+_PRICE_COLUMNS = ("ticker", "date", *VALUE_COLUMNS, "source", "ingested_at")
+BATCH_ROWS = 10_000
+_T = TypeVar("_T")
+
+_staging_metadata = MetaData()
+# Per connection; on PostgreSQL its rows vanish at commit, and it is cleared before each use.
+_staging = Table(
+    "pricecast_price_staging",
+    _staging_metadata,
+    Column("date", Date, nullable=False),
+    *(Column(name, Double) for name in VALUE_COLUMNS),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+
+
+class PriceRow(NamedTuple):
+    """One validated day of prices; `close` is required and positive."""
+
+    date: dt.date
+    open: float | None
+    high: float | None
+    low: float | None
+    close: float
+    volume: float | None
+    market_cap: float | None
+
+
+class Rejection(NamedTuple):
+    """A row refused under --skip-invalid: its line (None if it has none), raw text and why."""
+
+    line_number: int | None
+    raw: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    inserted: int
+    updated: int
+    unchanged: int
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated + self.unchanged
+
+
+@dataclass(frozen=True)
+class PriceCoverage:
+    first: dt.date
+    last: dt.date
+    count: int
+
+
+def _batches(rows: Iterable[_T]) -> Iterator[list[_T]]:
+    iterator = iter(rows)
+    while batch := list(islice(iterator, BATCH_ROWS)):
+        yield batch
+
+
+def _sqlite_rows(batch: Sequence[PriceRow]) -> Iterator[tuple[object, ...]]:
+    """(date as ISO text, six values) per row, refusing a close that is not a positive number."""
+    for row in batch:
+        if not row.close > 0:  # NaN would be stored as NULL
+            raise DataError(f"close must be a positive number, got {row.close!r} on {row.date}")
+        yield (row.date.isoformat(), *row[1:])
+
+
+# PostgreSQL binary COPY: no float formatting or parsing, and values arrive bit for bit.
+_PG_EPOCH_DAY = dt.date(2000, 1, 1).toordinal()
+_PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_NULL_FIELD = struct.pack(">i", -1)
+_DAY_FIELD = struct.Struct(">ii")
+_FLOAT_FIELD = struct.Struct(">id")
+_DAY_AND_SIX_FLOATS = struct.Struct(">ii" + "id" * len(VALUE_COLUMNS))
+
+
+def _text_field(value: str) -> bytes:
+    encoded = value.encode()
+    return struct.pack(">i", len(encoded)) + encoded
+
+
+def _timestamp_field(value: dt.datetime) -> bytes:
+    return struct.pack(">iq", 8, (value - _PG_EPOCH) // dt.timedelta(microseconds=1))
+
+
+def _binary_copy(
+    rows: Sequence[PriceRow], *, before: bytes, after: bytes, fields: int
+) -> io.BytesIO:
+    """COPY BINARY data: per row `before` (encoded fields), date, the six values, `after`."""
+    head = struct.pack(">h", fields) + before
+    parts = [_COPY_HEADER]
+    append = parts.append
+    pack_full = _DAY_AND_SIX_FLOATS.pack
+    for day, open_, high, low, close, volume, market_cap in rows:
+        if not close > 0:  # also catches NaN, which PostgreSQL's CHECK (close > 0) lets through
+            raise DataError(f"close must be a positive number, got {close!r} on {day}")
+        days = day.toordinal() - _PG_EPOCH_DAY
+        if open_ is None or high is None or low is None or volume is None or market_cap is None:
+            body = _DAY_FIELD.pack(4, days) + b"".join(
+                _NULL_FIELD if value is None else _FLOAT_FIELD.pack(8, value)
+                for value in (open_, high, low, close, volume, market_cap)
+            )
+        else:
+            body = pack_full(4, days, 8, open_, 8, high, 8, low, 8, close, 8, volume, 8, market_cap)
+        append(head)
+        append(body)
+        append(after)
+    append(_COPY_TRAILER)
+    return io.BytesIO(b"".join(parts))
+
+
+class PriceStaging:
+    """Rows of one ticker from one source, streamed in batches, then merged into daily_prices.
+
+    A ticker with no stored rows yet is loaded straight into daily_prices (COPY on PostgreSQL):
+    nothing can conflict, so a first load runs at close to bulk-load speed. Otherwise rows go to
+    a temporary table and `merge` applies them set-based. Either way the caller's transaction
+    decides whether anything is kept: roll back and nothing was written.
+    """
+
+    def __init__(self, session: Session, *, ticker: str, source: str) -> None:
+        self._session = session
+        self.ticker = ticker
+        self.source = source
+        self.staged = 0
+        self._ingested_at = utc_now()
+        self._postgres = session.get_bind().dialect.name == "postgresql"
+        prices = DailyPrice.__table__
+        if self._postgres:
+            # Two loads of the same ticker at once take turns (SQLite locks the whole file).
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"pricecast.prices:{ticker}"},
+            )
+        self._direct = (
+            session.execute(select(prices.c.date).where(prices.c.ticker == ticker).limit(1)).first()
+            is None
+        )
+        if not self._direct:
+            connection = session.connection()
+            connection.execute(CreateTable(_staging, if_not_exists=True))
+            connection.execute(delete(_staging))
+
+    @property
+    def first_load(self) -> bool:
+        """True when the ticker had no stored rows, so rows go straight into daily_prices."""
+        return self._direct
+
+    def add(self, rows: Iterable[PriceRow]) -> int:
+        """Stage rows (any order, any count; streamed in batches). Returns how many.
+
+        Raises DataError if a first load sends the same date twice.
+        """
+        added = 0
+        for batch in _batches(rows):
+            try:
+                if self._direct:
+                    self._insert_direct(batch)
+                else:
+                    self._insert_staging(batch)
+            except IntegrityError as exc:
+                raise self._duplicate_error(exc) from None
+            added += len(batch)
+        self.staged += added
+        return added
+
+    def _insert_direct(self, batch: list[PriceRow]) -> None:
+        if self._postgres:
+            data = _binary_copy(
+                batch,
+                before=_text_field(self.ticker),
+                after=_text_field(self.source) + _timestamp_field(self._ingested_at),
+                fields=len(_PRICE_COLUMNS),
+            )
+            self._copy("daily_prices", _PRICE_COLUMNS, data)
+        else:
+            # Bound as SQLAlchemy would, so ORM reads parse the timestamp back.
+            to_db = DailyPrice.ingested_at.type.bind_processor(self._session.get_bind().dialect)
+            stamp = to_db(self._ingested_at) if to_db else self._ingested_at
+            self._session.connection().exec_driver_sql(
+                f"INSERT INTO daily_prices ({', '.join(_PRICE_COLUMNS)}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(self.ticker, *row, self.source, stamp) for row in _sqlite_rows(batch)],
+            )
+
+    def _insert_staging(self, batch: list[PriceRow]) -> None:
+        if self._postgres:
+            data = _binary_copy(batch, before=b"", after=b"", fields=1 + len(VALUE_COLUMNS))
+            self._copy(_staging.name, ("date", *VALUE_COLUMNS), data)
+        else:
+            self._session.connection().exec_driver_sql(
+                f"INSERT INTO {_staging.name} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                list(_sqlite_rows(batch)),
+            )
+
+    def _copy(self, table: str, columns: Sequence[str], data: io.BytesIO) -> None:
+        import psycopg2
+
+        dbapi = self._session.connection().connection.dbapi_connection
+        with dbapi.cursor() as cursor:  # type: ignore[union-attr]
+            try:
+                cursor.copy_expert(
+                    f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT binary)", data
+                )
+            except psycopg2.IntegrityError as exc:
+                raise IntegrityError(f"COPY {table}", None, exc) from exc
+
+    def _duplicate_error(self, exc: IntegrityError) -> DataError:
+        detail = str(exc.orig).strip().splitlines()
+        where = next((line for line in detail if line.startswith("DETAIL")), detail[0])
+        return DataError(
+            f"{self.ticker}: the same date was sent twice ({where}); send each day once"
+        )
+
+    def merge(self) -> UpsertCounts:
+        """Insert new days, update changed ones (old values -> price_revisions), keep the rest.
+
+        Raises DataError if the staged rows hold the same date twice.
+        """
+        if self._direct:
+            return UpsertCounts(inserted=self.staged, updated=0, unchanged=0)
+        session, prices, staged = self._session, DailyPrice.__table__, _staging
+        match = and_(prices.c.ticker == self.ticker, prices.c.date == staged.c.date)
+        changed = or_(*(prices.c[c].is_distinct_from(staged.c[c]) for c in VALUE_COLUMNS))
+        total, distinct_dates, existing, updated = session.execute(
+            select(
+                func.count(),
+                func.count(distinct(staged.c.date)),
+                func.count(prices.c.date),
+                func.coalesce(
+                    func.sum(case((and_(prices.c.date.is_not(None), changed), 1), else_=0)), 0
+                ),
+            ).select_from(staged.outerjoin(prices, match))
+        ).one()
+        if distinct_dates != total:
+            duplicate = session.execute(
+                select(staged.c.date).group_by(staged.c.date).having(func.count() > 1).limit(1)
+            ).scalar()
+            raise DataError(f"{self.ticker}: date {duplicate} was sent twice; send each day once")
+        stamp = literal(self._ingested_at, DailyPrice.ingested_at.type)
+        if updated:
+            revision_columns = ["ticker", "date", *VALUE_COLUMNS, "source", "ingested_at"]
+            session.execute(
+                insert(PriceRevision.__table__).from_select(
+                    [*revision_columns, "revised_at", "revised_by_source"],
+                    select(*(prices.c[c] for c in revision_columns), stamp, literal(self.source))
+                    .select_from(staged.join(prices, match))
+                    .where(changed),
+                )
+            )
+            session.execute(
+                update(prices)
+                .where(match, changed)
+                .values(
+                    {c: staged.c[c] for c in VALUE_COLUMNS}
+                    | {"source": self.source, "ingested_at": self._ingested_at}
+                )
+            )
+        if existing < total:
+            already = select(prices.c.date).where(match).exists()
+            session.execute(
+                insert(prices).from_select(
+                    list(_PRICE_COLUMNS),
+                    select(
+                        literal(self.ticker),
+                        staged.c.date,
+                        *(staged.c[c] for c in VALUE_COLUMNS),
+                        literal(self.source),
+                        stamp,
+                    ).where(~already),
+                )
+            )
+        session.execute(delete(staged))
+        return UpsertCounts(
+            inserted=total - existing, updated=updated, unchanged=existing - updated
+        )
+
+
+def stage_prices(session: Session, *, ticker: str, source: str) -> PriceStaging:
+    """Start loading rows of `ticker` from `source` in the session's transaction."""
+    return PriceStaging(session, ticker=ticker, source=source)
+
+
+def upsert_prices(
+    session: Session, *, ticker: str, rows: Iterable[PriceRow], source: str
+) -> UpsertCounts:
+    """Upsert by (ticker, date): new days inserted, changed days updated with their old values
+    kept in price_revisions, identical days untouched. `rows` may be a stream of any length.
+    Raises DataError if a date comes twice (the transaction should then be rolled back)."""
+    staging = stage_prices(session, ticker=ticker, source=source)
+    staging.add(rows)
+    return staging.merge()
+
+
+def record_rejected(
+    session: Session, *, ticker: str, source: str, rejections: Iterable[Rejection]
+) -> int:
+    """Store refused rows (source, line number, raw text, reason). Returns how many."""
+    now = utc_now()
+    count = 0
+    for batch in _batches(rejections):
+        session.execute(
+            insert(RejectedRow),
+            [
+                {
+                    "ticker": ticker,
+                    "source": source,
+                    "line_number": r.line_number,
+                    "raw": r.raw,
+                    "reason": r.reason,
+                    "rejected_at": now,
+                }
+                for r in batch
+            ],
+        )
+        count += len(batch)
+    return count
+
+
+def read_closes(session: Session, *, ticker: str, as_of: dt.date) -> list[tuple[dt.date, float]]:
+    """(date, close) for `ticker`, oldest first, only dates <= as_of."""
+    prices = DailyPrice.__table__
+    result = session.execute(
+        select(prices.c.date, prices.c.close)
+        .where(prices.c.ticker == ticker, prices.c.date <= as_of)
+        .order_by(prices.c.date)
+    )
+    return [(day, close) for day, close in result]
+
+
+def read_prices(
+    session: Session,
+    *,
+    ticker: str,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> list[PriceRow]:
+    """Full daily rows for `ticker` in [start, end] (inclusive, both optional), oldest first."""
+    prices = DailyPrice.__table__
+    query = select(prices.c.date, *(prices.c[c] for c in VALUE_COLUMNS)).where(
+        prices.c.ticker == ticker
+    )
+    if start is not None:
+        query = query.where(prices.c.date >= start)
+    if end is not None:
+        query = query.where(prices.c.date <= end)
+    return [PriceRow(*row) for row in session.execute(query.order_by(prices.c.date))]
+
+
+def read_dates(session: Session, *, ticker: str, start: dt.date, end: dt.date) -> list[dt.date]:
+    """The stored dates of `ticker` in [start, end], oldest first."""
+    prices = DailyPrice.__table__
+    return list(
+        session.scalars(
+            select(prices.c.date)
+            .where(prices.c.ticker == ticker, prices.c.date.between(start, end))
+            .order_by(prices.c.date)
+        )
+    )
+
+
+def price_coverage(
+    session: Session, *, ticker: str, as_of: dt.date | None = None
+) -> PriceCoverage | None:
+    """First and last stored date and the number of days (up to as_of); None if no rows."""
+    prices = DailyPrice.__table__
+    query = select(func.min(prices.c.date), func.max(prices.c.date), func.count()).where(
+        prices.c.ticker == ticker
+    )
+    if as_of is not None:
+        query = query.where(prices.c.date <= as_of)
+    first, last, count = session.execute(query).one()
+    if not count:
+        return None
+    return PriceCoverage(first=first, last=last, count=count)
+
+
+def list_tickers(session: Session) -> list[str]:
+    """Every ticker with stored prices, sorted."""
+    prices = DailyPrice.__table__
+    return list(session.scalars(select(prices.c.ticker).distinct().order_by(prices.c.ticker)))
+
+
+def read_revisions(session: Session, *, ticker: str) -> list[PriceRevision]:
+    """Revisions of `ticker`, oldest change first."""
+    return list(
+        session.scalars(
+            select(PriceRevision)
+            .where(PriceRevision.ticker == ticker)
+            .order_by(PriceRevision.date, PriceRevision.id)
+        )
+    )
+
+
+def read_rejected(session: Session, *, ticker: str) -> list[RejectedRow]:
+    """Rejected rows of `ticker`, in the order they were recorded."""
+    return list(
+        session.scalars(
+            select(RejectedRow).where(RejectedRow.ticker == ticker).order_by(RejectedRow.id)
+        )
+    )
