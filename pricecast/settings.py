@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = 10.0
     http_retries: int = 4
     http_backoff_seconds: float = 1.0
+    http_symbols: dict[str, str] = Field(
+        default_factory=dict,
+        description='Ticker -> API symbol overrides, JSON: {"BTC-USD": "BTCUSDC"}.',
+    )
 
     window_weeks: int = 40
     holdout_weeks: int = 19
