@@ -1,0 +1,905 @@
+"""The nightly Prefect flow: ingest, rebuild weeks, train when a week has completed, score against
+the champion and naive on the same held-out weeks, promote only what is better, forecast next
+week, score past forecasts. Decisions are pure functions here; tasks are thin wrappers on I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from flows.promotion import (
+    AppliedDecision,
+    Decision,
+    Score,
+    TrainedCandidate,
+    apply_decision,
+    decide_promotion,
+)
+from flows.tracking import ChampionRef, Tracker, data_fingerprint, model_name
+from flows.training import STRATEGIES, TrainingJob, TrainingResult, run_in_child
+from pricecast.errors import ConfigError, ServiceUnavailable
+from pricecast.settings import Settings, get_settings
+
+#: Windows the candidates need before the held-out span: `retrain` with no champion first
+#: trains fresh up to 10 weeks before the span (forecasting.candidates), then fine-tunes.
+MIN_TRAINING_WINDOWS = 12
+IO_RETRIES = 2
+IO_RETRY_DELAYS = [1.0, 4.0]
+
+
+# --- pure decisions -----------------------------------------------------------------------------
+
+
+def yesterday_utc(now: dt.datetime | None = None) -> dt.date:
+    """The default as-of: the last day whose close is final."""
+    return (now or dt.datetime.now(dt.UTC)).date() - dt.timedelta(days=1)
+
+
+def last_complete_week(weeks: Any, as_of: dt.date) -> dt.date | None:
+    """Monday of the latest complete ISO week that had ended by `as_of`."""
+    from forecasting.weeks import COMPLETE
+
+    ended = weeks[(weeks.index + _six_days()) <= _ts(as_of)]
+    complete = ended[ended[COMPLETE]]
+    return None if complete.empty else complete.index[-1].date()
+
+
+def forecast_week_due(latest_complete: dt.date | None, as_of: dt.date) -> dt.date | None:
+    """The Monday to forecast when a week has just completed (as_of is its Sunday), else None."""
+    if latest_complete is None or latest_complete + dt.timedelta(days=6) != as_of:
+        return None
+    return as_of + dt.timedelta(days=1)
+
+
+def training_windows_available(weeks: Any, as_of: dt.date, *, window_weeks: int) -> int:
+    """Complete weeks (up to as_of) with a full window of complete weeks before them."""
+    from forecasting.windows import trainable_target_weeks
+
+    ended = weeks[(weeks.index + _six_days()) <= _ts(as_of)]
+    return len(trainable_target_weeks(ended, window_weeks=window_weeks))
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    train: bool
+    reason: str
+
+
+def decide_training(
+    *,
+    force: bool,
+    latest_complete: dt.date | None,
+    has_champion: bool,
+    last_trained_week: dt.date | None,
+    last_trained_had_champion: bool,
+    available_windows: int,
+    needed_windows: int,
+) -> TrainingPlan:
+    """Train when a week has completed since the last night that trained, or the champion is
+    gone, or forced; never without enough history. A rerun of a night that trained (same latest
+    complete week) does not train again."""
+    if available_windows < needed_windows:
+        return TrainingPlan(
+            False,
+            f"not enough history: {available_windows} complete week(s) with a full window "
+            f"before them, {needed_windows} needed (held-out weeks + training windows)",
+        )
+    if force:
+        return TrainingPlan(True, "forced (--force)")
+    if last_trained_week is None:
+        return TrainingPlan(True, "no night has trained yet")
+    if latest_complete is not None and latest_complete > last_trained_week:
+        return TrainingPlan(
+            True, f"the week of {latest_complete} completed since the last training"
+        )
+    if not has_champion and last_trained_had_champion:
+        return TrainingPlan(True, "the champion alias is gone; training a new one")
+    return TrainingPlan(
+        False,
+        f"no week has completed since the last training (week of {last_trained_week})",
+    )
+
+
+def pick_forecaster(
+    *,
+    applied: AppliedDecision | None,
+    champion: ChampionRef | None,
+    result: TrainingResult | None,
+) -> tuple[str, int | None, bool]:
+    """(model in `result`, version, is_baseline) that forecasts tonight: the champion after the
+    gate, or naive (flagged) when there is none."""
+    if applied is not None and applied.promoted_version is not None:
+        return applied.decision.candidate or "", applied.promoted_version, False
+    if champion is not None:
+        return "champion", champion.version, False
+    return "naive", None, True
+
+
+def realised_accuracy(pairs: Sequence[tuple[float, float]]) -> dict[str, float | int | None]:
+    """RMSE ($) and MAPE (%) over every forecast day with a known actual: (actual, predicted)."""
+    if not pairs:
+        return {"days": 0, "rmse": None, "mape": None}
+    import numpy as np
+
+    from forecasting.metrics import mape, rmse
+
+    actual = np.array([a for a, _ in pairs], dtype="float64")
+    predicted = np.array([p for _, p in pairs], dtype="float64")
+    return {"days": len(pairs), "rmse": rmse(actual, predicted), "mape": mape(actual, predicted)}
+
+
+def markdown_report(result: Mapping[str, Any]) -> str:
+    """The run's Prefect artifact: scores, decision, champion, MLflow runs, realised accuracy."""
+    lines = [f"# Nightly {result['ticker']} as of {result['as_of']}", ""]
+    lines.append(f"- trained: **{result['trained']}** ({result['train_reason']})")
+    decision = result.get("decision")
+    if decision:
+        lines.append(f"- decision: **{decision['action']}** — {decision['reason']}")
+    champion = result.get("champion_version")
+    lines.append(
+        f"- champion: {model_name(result['ticker'])} version {champion}"
+        if champion is not None
+        else "- champion: none (naive serves)"
+    )
+    if result.get("candidates"):
+        lines += [
+            "",
+            "| model | role | MAPE % | RMSE $ | train s | MLflow run |",
+            "|---|---|---:|---:|---:|---|",
+        ]
+        for c in result["candidates"]:
+            lines.append(
+                f"| {c['name']} | {c['role']} | {c['mape']:.3f} | {c['rmse']:.2f} | "
+                f"{c['train_seconds']:.1f} | {c.get('mlflow_run_id') or ''} |"
+            )
+        weeks = result.get("held_out_weeks") or []
+        if weeks:
+            lines.append(f"\nHeld-out weeks: {weeks[0]} .. {weeks[-1]} ({len(weeks)})")
+    forecast = result.get("forecast")
+    if forecast:
+        flag = " (baseline)" if forecast["is_baseline"] else ""
+        lines += ["", f"## Forecast by {forecast['model_name']} v{forecast['model_version']}{flag}"]
+        lines += ["", "| date | close |", "|---|---:|"]
+        lines += [f"| {d['date']} | {d['close']:.2f} |" for d in forecast["closes"]]
+    realised = result.get("realised") or {}
+    if realised.get("days"):
+        lines += [
+            "",
+            f"Realised accuracy of past forecasts: {realised['days']} day(s), "
+            f"MAPE {realised['mape']:.3f} %, RMSE {realised['rmse']:.2f} $ "
+            f"({realised['weeks_scored_tonight']} week(s) scored tonight)",
+        ]
+    mlflow = result.get("mlflow") or {}
+    if mlflow.get("parent_run"):
+        lines += ["", f"MLflow: {mlflow['parent_run']}"]
+    timings = result.get("timings") or {}
+    lines += [
+        "",
+        f"Timings: total {timings.get('total_seconds', 0):.1f} s, "
+        f"training {timings.get('train_seconds', 0):.1f} s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ts(day: dt.date) -> Any:
+    import pandas as pd
+
+    return pd.Timestamp(day)
+
+
+def _six_days() -> Any:
+    import pandas as pd
+
+    return pd.Timedelta(days=6)
+
+
+# --- tasks: thin wrappers, retries only where I/O can fail transiently --------------------------
+
+
+def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry database and MLflow outages; never bad data or a bad setting."""
+    return isinstance(state.data, ServiceUnavailable | OperationalError | InterfaceError)
+
+
+def io_task(name: str) -> Any:
+    return task(
+        name=name,
+        retries=IO_RETRIES,
+        retry_delay_seconds=IO_RETRY_DELAYS,
+        retry_condition_fn=_transient,
+        cache_policy=NO_CACHE,
+    )
+
+
+def compute_task(name: str) -> Any:
+    return task(name=name, cache_policy=NO_CACHE)
+
+
+@io_task("ingest")
+def ingest_prices(database_url: str, ticker: str, source: str, as_of: dt.date) -> dict[str, Any]:
+    from flows.ingest import ingest
+
+    summary = ingest(database_url=database_url, ticker=ticker, source=source, as_of=as_of)
+    return _summary_dict(summary)
+
+
+def _summary_dict(summary: Any) -> dict[str, Any]:
+    if hasattr(summary, "to_dict"):
+        return dict(summary.to_dict())
+    if hasattr(summary, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return {
+            k: (v.isoformat() if isinstance(v, dt.date) else v)
+            for k, v in asdict(summary).items()
+            if not isinstance(v, list | tuple)
+        }
+    return {"summary": str(summary)}
+
+
+@io_task("read closes")
+def read_history(engine: Engine, ticker: str, as_of: dt.date) -> list[tuple[dt.date, float]]:
+    from storage.db import session_scope
+    from storage.prices import read_closes
+
+    with session_scope(engine) as session:
+        return read_closes(session, ticker=ticker, as_of=as_of)
+
+
+@compute_task("rebuild weeks")
+def rebuild_weeks(closes: Sequence[tuple[dt.date, float]], as_of: dt.date) -> Any:
+    import pandas as pd
+
+    from forecasting.weeks import group_iso_weeks
+
+    daily = pd.DataFrame(list(closes), columns=["date", "close"])
+    return group_iso_weeks(daily, as_of)
+
+
+@io_task("begin night")
+def begin_night(
+    engine: Engine,
+    ticker: str,
+    as_of: dt.date,
+    latest_complete: dt.date | None,
+    flow_run_id: str | None,
+) -> dict[str, Any]:
+    """Open the night's row; return what the training decision needs from earlier nights."""
+    from storage.db import session_scope
+    from storage.runs import begin_run, last_trained_run
+
+    with session_scope(engine) as session:
+        begin_run(
+            session,
+            ticker=ticker,
+            as_of=as_of,
+            last_complete_week=latest_complete,
+            flow_run_id=flow_run_id,
+        )
+        last = last_trained_run(session, ticker=ticker, as_of=as_of)
+        return {
+            "last_trained_as_of": last.as_of if last else None,
+            "last_trained_week": last.last_complete_week if last else None,
+            "last_trained_had_champion": bool(last and last.champion_version is not None),
+        }
+
+
+@io_task("look up champion")
+def look_up_champion(tracker: Tracker, ticker: str) -> ChampionRef | None:
+    return tracker.champion(ticker)
+
+
+@io_task("start MLflow run")
+def start_mlflow_run(
+    tracker: Tracker,
+    ticker: str,
+    as_of: dt.date,
+    flow_run_id: str | None,
+    params: Mapping[str, Any],
+) -> tuple[str, str]:
+    experiment_id = tracker.ensure_experiment(ticker)
+    run_id = tracker.start_parent_run(
+        experiment_id=experiment_id,
+        ticker=ticker,
+        as_of=as_of,
+        flow_run_id=flow_run_id,
+        params=params,
+    )
+    return experiment_id, run_id
+
+
+@compute_task("train and score (child process)")
+def train_and_score(
+    job: TrainingJob, closes: Sequence[tuple[dt.date, float]], workroot: str
+) -> TrainingResult:
+    with tempfile.TemporaryDirectory(prefix=f"{job.as_of}-", dir=workroot) as workdir:
+        from pathlib import Path
+
+        return run_in_child(job, closes, workdir=Path(workdir))
+
+
+@compute_task("promotion gate")
+def gate(result: TrainingResult, champion: ChampionRef | None, margin: float) -> Decision:
+    def score(name: str) -> Score | None:
+        model = result.model(name)
+        if model is None or model.mape is None or model.rmse is None:
+            return None
+        return Score(name, model.mape, model.rmse)
+
+    naive = score("naive")
+    assert naive is not None, "naive is always scored"
+    candidates = [s for m in result.models if m.role == "candidate" if (s := score(m.name))]
+    return decide_promotion(
+        candidates,
+        champion=score("champion") if champion is not None else None,
+        naive=naive,
+        margin=margin,
+        champion_version=champion.version if champion else None,
+    )
+
+
+@task(name="apply decision", cache_policy=NO_CACHE)
+def apply_gate(
+    tracker: Tracker,
+    engine: Engine,
+    ticker: str,
+    as_of: dt.date,
+    decision: Decision,
+    result: TrainingResult,
+    champion: ChampionRef | None,
+    parent_run_id: str,
+) -> AppliedDecision:
+    # No retries: a half-applied attempt is rolled back and the rerun of the night redoes it.
+    trained = [
+        TrainedCandidate(
+            name=m.name,
+            score=Score(m.name, m.mape or 0.0, m.rmse or 0.0),
+            run_id=m.run_id or "",
+            model_uri=m.model_uri or "",
+            model_id=m.model_id,
+            metadata=m.metadata,
+        )
+        for m in result.models
+        if m.role == "candidate" and m.model_uri
+    ]
+    run_ids = {"parent": parent_run_id, **{m.name: m.run_id for m in result.models}}
+    return apply_decision(
+        tracker=tracker,
+        engine=engine,
+        ticker=ticker,
+        as_of=as_of,
+        decision=decision,
+        trained=trained,
+        champion=champion,
+        training_cutoff=dt.date.fromisoformat(result.train_until) if result.train_until else None,
+        run_ids=run_ids,
+    )
+
+
+@io_task("store forecast")
+def store_forecast_rows(
+    engine: Engine,
+    ticker: str,
+    as_of: dt.date,
+    closes: Mapping[dt.date, float],
+    model: str,
+    version: int | None,
+    is_baseline: bool,
+) -> int:
+    from storage.db import session_scope
+    from storage.runs import store_forecast
+
+    with session_scope(engine) as session:
+        return store_forecast(
+            session,
+            ticker=ticker,
+            as_of=as_of,
+            closes=closes,
+            model_name=model,
+            model_version=version,
+            is_baseline=is_baseline,
+        )
+
+
+@io_task("score past forecasts")
+def score_past_forecasts(
+    engine: Engine, ticker: str, as_of: dt.date, closes: Sequence[tuple[dt.date, float]]
+) -> dict[str, Any]:
+    from storage.db import session_scope
+    from storage.runs import (
+        add_forecast_score,
+        complete_unscored_forecasts,
+        record_actuals,
+        scored_forecasts,
+    )
+
+    with session_scope(engine) as session:
+        record_actuals(session, ticker=ticker, as_of=as_of, actuals=dict(closes))
+        weeks_scored = 0
+        for night, rows in complete_unscored_forecasts(session, ticker=ticker).items():
+            pairs = [(r.actual_close or 0.0, r.predicted_close) for r in rows]
+            scores = realised_accuracy(pairs)
+            add_forecast_score(
+                session,
+                ticker=ticker,
+                as_of=night,
+                forecasts=rows,
+                rmse=float(scores["rmse"] or 0.0),
+                mape=float(scores["mape"] or 0.0),
+            )
+            weeks_scored += 1
+        pairs = [
+            (r.actual_close or 0.0, r.predicted_close)
+            for r in scored_forecasts(session, ticker=ticker, as_of=as_of)
+        ]
+    return {**realised_accuracy(pairs), "weeks_scored_tonight": weeks_scored}
+
+
+@io_task("existing forecast")
+def existing_forecast(engine: Engine, ticker: str, as_of: dt.date) -> int:
+    from storage.db import session_scope
+    from storage.runs import forecasts_for
+
+    with session_scope(engine) as session:
+        return len(forecasts_for(session, ticker=ticker, as_of=as_of))
+
+
+@io_task("finish night")
+def finish_night(
+    engine: Engine,
+    ticker: str,
+    as_of: dt.date,
+    champion_version: int | None,
+    timings: Mapping[str, Any],
+    mlflow_run_id: str | None,
+) -> None:
+    from storage.db import session_scope
+    from storage.runs import finish_run
+
+    with session_scope(engine) as session:
+        finish_run(
+            session,
+            ticker=ticker,
+            as_of=as_of,
+            champion_version=champion_version,
+            timings=timings,
+            mlflow_run_id=mlflow_run_id,
+        )
+
+
+@io_task("log summary to MLflow")
+def log_summary(tracker: Tracker, run_id: str, result: Mapping[str, Any]) -> None:
+    metrics: dict[str, float] = {}
+    for c in result.get("candidates", []):
+        metrics[f"{c['name']}_mape"] = c["mape"]
+        metrics[f"{c['name']}_rmse"] = c["rmse"]
+    realised = result.get("realised") or {}
+    if realised.get("days"):
+        metrics["realised_mape"] = realised["mape"]
+        metrics["realised_rmse"] = realised["rmse"]
+    timings = result.get("timings") or {}
+    for key in ("total_seconds", "train_seconds"):
+        if key in timings:
+            metrics[key] = timings[key]
+    decision = result.get("decision") or {}
+    tracker.log_summary(
+        run_id,
+        metrics=metrics,
+        tags={
+            "trained": result["trained"],
+            "decision": decision.get("action", "none"),
+            "decision_reason": (decision.get("reason") or result["train_reason"])[:4000],
+            "champion_version": result.get("champion_version"),
+        },
+    )
+    tracker.end_run(run_id)
+
+
+def _artifact_key(ticker: str) -> str:
+    return "nightly-" + re.sub(r"[^a-z0-9-]+", "-", ticker.lower()).strip("-")
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def publish_report(result: Mapping[str, Any]) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        markdown=markdown_report(result),
+        key=_artifact_key(result["ticker"]),
+        description=f"nightly {result['ticker']} as of {result['as_of']}",
+    )
+
+
+# --- the flow -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Night:
+    """What the flow has learned so far; turned into the result dict at the end."""
+
+    ticker: str
+    as_of: dt.date
+    source: str | None
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, key: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[key] = round(self.timings.get(key, 0.0) + now - since, 3)
+        return now
+
+
+def _validate(strategies: Sequence[str], holdout_weeks: int, epochs: int | None) -> list[str]:
+    chosen = [s.strip() for s in strategies if s.strip()]
+    unknown = [s for s in chosen if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}")
+    if holdout_weeks < 1:
+        raise ConfigError(f"holdout_weeks must be >= 1, got {holdout_weeks}")
+    if epochs is not None and epochs < 0:
+        raise ConfigError(f"epochs must be >= 0, got {epochs}")
+    return chosen
+
+
+def _explicit(settings: Settings, name: str) -> Any:
+    """A setting only when the user set it (env), so the model's own defaults apply otherwise."""
+    return getattr(settings, name) if name in settings.model_fields_set else None
+
+
+def _current_flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(
+    ticker: str = "BTC-USD",
+    as_of: dt.date | None = None,
+    source: str | None = "synthetic",
+    holdout_weeks: int | None = None,
+    strategies: list[str] | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    window_weeks: int | None = None,
+) -> dict[str, Any]:
+    """One night for one ticker, as of `as_of` (default: yesterday, UTC).
+
+    1. ingest `source` up to as_of (None: use what is stored); 2. rebuild ISO weeks as of as_of;
+    3. decide whether to train; 4. train retrain + fresh in a child process; 5. score them, the
+    champion and naive on the same held-out weeks; 6. MLflow + promotion gate; 7. forecast next
+    week when a week has just completed; 8. score earlier forecasts. Returns the result dict
+    (`pricecast nightly --json`).
+    """
+    return run_night(
+        ticker=ticker,
+        as_of=as_of or yesterday_utc(),
+        source=source,
+        holdout_weeks=holdout_weeks,
+        strategies=list(strategies) if strategies is not None else list(STRATEGIES),
+        epochs=epochs,
+        seed=seed,
+        force=force,
+        window_weeks=window_weeks,
+    )
+
+
+def run_night(
+    *,
+    ticker: str,
+    as_of: dt.date,
+    source: str | None,
+    holdout_weeks: int | None,
+    strategies: Sequence[str],
+    epochs: int | None,
+    seed: int,
+    force: bool,
+    window_weeks: int | None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """The body of `nightly` (inside a flow run, so the tasks are tracked)."""
+    from storage.db import ensure_schema, make_engine
+    from storage.locks import ticker_lock
+
+    settings = settings or get_settings()
+    holdout = holdout_weeks if holdout_weeks is not None else settings.holdout_weeks
+    chosen = _validate(strategies, holdout, epochs)
+    epochs = epochs if epochs is not None else _explicit(settings, "epochs")
+    window = window_weeks if window_weeks is not None else _explicit(settings, "window_weeks")
+    night = _Night(ticker=ticker, as_of=as_of, source=source)
+    engine = make_engine(settings.resolved_database_url)
+    tracker = Tracker(settings.resolved_mlflow_uri, artifact_root=settings.mlflow_artifact_root)
+    home = settings.resolved_home
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        mark = time.perf_counter()
+        ensure_schema(engine)
+        with ticker_lock(
+            engine,
+            name=f"nightly:{ticker}",
+            timeout_seconds=settings.lock_timeout_seconds,
+            lock_dir=home / "locks",
+        ):
+            night.lap("lock_wait_seconds", mark)
+            return _locked_night(
+                night,
+                engine=engine,
+                tracker=tracker,
+                settings=settings,
+                holdout=holdout,
+                strategies=chosen,
+                epochs=epochs,
+                window=window,
+                seed=seed,
+                force=force,
+            )
+    finally:
+        engine.dispose()
+
+
+def _locked_night(
+    night: _Night,
+    *,
+    engine: Engine,
+    tracker: Tracker,
+    settings: Settings,
+    holdout: int,
+    strategies: Sequence[str],
+    epochs: int | None,
+    window: int | None,
+    seed: int,
+    force: bool,
+) -> dict[str, Any]:
+    ticker, as_of = night.ticker, night.as_of
+    flow_run_id = _current_flow_run_id()
+    parent_run_id: str | None = None
+    begun = False
+    result: dict[str, Any] = {
+        "ticker": ticker,
+        "as_of": as_of.isoformat(),
+        "source": night.source,
+        "flow_run_id": flow_run_id,
+        "trained": False,
+        "candidates": [],
+        "decision": None,
+        "promoted": None,
+        "promoted_version": None,
+        "forecast": None,
+    }
+    try:
+        mark = time.perf_counter()
+        if night.source:
+            result["ingest"] = ingest_prices(
+                settings.resolved_database_url, ticker, night.source, as_of
+            )
+        mark = night.lap("ingest_seconds", mark)
+        closes = read_history(engine, ticker, as_of)
+        weeks = rebuild_weeks(closes, as_of)
+        latest = last_complete_week(weeks, as_of)
+        mark = night.lap("read_seconds", mark)
+
+        history = begin_night(engine, ticker, as_of, latest, flow_run_id)
+        begun = True
+        champion = look_up_champion(tracker, ticker)
+        needed_window = window or _champion_window(champion) or 40
+        plan = (
+            decide_training(
+                force=force,
+                latest_complete=latest,
+                has_champion=champion is not None,
+                last_trained_week=history["last_trained_week"],
+                last_trained_had_champion=history["last_trained_had_champion"],
+                available_windows=training_windows_available(
+                    weeks, as_of, window_weeks=needed_window
+                ),
+                needed_windows=holdout + MIN_TRAINING_WINDOWS,
+            )
+            if strategies
+            else TrainingPlan(False, "no strategies to train")
+        )
+        result["trained"] = plan.train
+        result["train_reason"] = plan.reason
+        result["latest_complete_week"] = latest.isoformat() if latest else None
+        due = forecast_week_due(latest, as_of)
+        if due is not None and existing_forecast(engine, ticker, as_of) == 7:
+            due = None  # a rerun: tonight's forecast is already stored
+        fingerprint = data_fingerprint(closes)
+        experiment_id, parent_run_id = start_mlflow_run(
+            tracker,
+            ticker,
+            as_of,
+            flow_run_id,
+            {
+                "source": night.source or "",
+                "holdout_weeks": holdout,
+                "seed": seed,
+                "strategies": ",".join(strategies),
+                "epochs": epochs if epochs is not None else "default",
+                "force": force,
+                "data_fingerprint": fingerprint,
+                "train_reason": plan.reason[:500],
+            },
+        )
+        result["mlflow"] = {
+            "experiment_id": experiment_id,
+            "parent_run_id": parent_run_id,
+            "parent_run": tracker.run_link(experiment_id, parent_run_id),
+        }
+        mark = night.lap("plan_seconds", mark)
+
+        training: TrainingResult | None = None
+        applied: AppliedDecision | None = None
+        job_base = dict(
+            ticker=ticker,
+            as_of=as_of.isoformat(),
+            holdout_weeks=holdout,
+            seed=seed,
+            tracking_uri=tracker.tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            fingerprint=fingerprint,
+            epochs=epochs,
+            window_weeks=window,
+            champion_uri=champion.model_uri if champion else None,
+            champion_version=champion.version if champion else None,
+            champion_metadata=champion.metadata if champion else {},
+            forecast_week=due.isoformat() if due else None,
+        )
+        workroot = settings.resolved_home / "work"
+        workroot.mkdir(parents=True, exist_ok=True)
+        if plan.train:
+            job = TrainingJob(strategies=list(strategies), score=True, **job_base)
+            training = train_and_score(job, closes, str(workroot))
+            mark = night.lap("child_seconds", mark)
+            decision = gate(training, champion, settings.promotion_margin)
+            applied = apply_gate(
+                tracker, engine, ticker, as_of, decision, training, champion, parent_run_id
+            )
+            mark = night.lap("promote_seconds", mark)
+            result.update(_training_summary(training, applied))
+        elif due is not None and champion is not None:
+            # Not training tonight but a forecast is due: only the champion needs TensorFlow.
+            job = TrainingJob(strategies=[], score=False, **job_base)
+            training = train_and_score(job, closes, str(workroot))
+            mark = night.lap("child_seconds", mark)
+
+        champion_version = (
+            applied.champion_version
+            if applied is not None
+            else champion.version
+            if champion
+            else None
+        )
+        result["champion_version"] = champion_version
+        if due is not None:
+            result["forecast"] = _forecast(
+                engine, weeks, ticker, as_of, due, applied, champion, training
+            )
+        mark = night.lap("forecast_seconds", mark)
+        result["realised"] = score_past_forecasts(engine, ticker, as_of, closes)
+        mark = night.lap("score_seconds", mark)
+
+        child = training.timings if training else {}
+        night.timings["train_seconds"] = round(training.train_seconds, 3) if training else 0.0
+        night.timings.update({f"child_{k}": round(v, 3) for k, v in child.items()})
+        night.timings["total_seconds"] = round(time.perf_counter() - night.started, 3)
+        result["timings"] = dict(night.timings)
+        log_summary(tracker, parent_run_id, result)
+        publish_report(result)
+        finish_night(engine, ticker, as_of, champion_version, result["timings"], parent_run_id)
+        result["timings"]["total_seconds"] = round(time.perf_counter() - night.started, 3)
+        return result
+    except BaseException as exc:
+        _record_failure(engine, tracker, ticker, as_of, parent_run_id, begun, exc)
+        raise
+
+
+def _champion_window(champion: ChampionRef | None) -> int | None:
+    if champion is None:
+        return None
+    try:
+        return int(champion.metadata.get("window_weeks", ""))
+    except ValueError:
+        return None
+
+
+def _training_summary(training: TrainingResult, applied: AppliedDecision) -> dict[str, Any]:
+    decision = applied.decision
+    return {
+        "candidates": [
+            {
+                "name": m.name,
+                "role": m.role,
+                "rmse": m.rmse,
+                "mape": m.mape,
+                "train_seconds": round(m.train_seconds, 3),
+                "mlflow_run_id": m.run_id,
+                "version": applied.versions.get(m.name),
+            }
+            for m in training.models
+        ],
+        "held_out_weeks": training.held_out_weeks,
+        "decision": {
+            "action": decision.action,
+            "candidate": decision.candidate,
+            "reason": decision.reason,
+        },
+        "promoted": decision.candidate if decision.promote else None,
+        "promoted_version": applied.promoted_version,
+    }
+
+
+def _forecast(
+    engine: Engine,
+    weeks: Any,
+    ticker: str,
+    as_of: dt.date,
+    monday: dt.date,
+    applied: AppliedDecision | None,
+    champion: ChampionRef | None,
+    training: TrainingResult | None,
+) -> dict[str, Any]:
+    name, version, is_baseline = pick_forecaster(
+        applied=applied, champion=champion, result=training
+    )
+    model = training.model(name) if training is not None else None
+    if model is not None and model.next_week is not None:
+        values = model.next_week
+    elif is_baseline:
+        from forecasting.baselines import Naive
+
+        values = Naive().fit(weeks, train_until=_ts(monday)).predict(weeks, [_ts(monday)])[0]
+    else:
+        raise ServiceUnavailable(f"no forecast from the champion of {ticker} came back")
+    label = "naive" if is_baseline else model_name(ticker)
+    closes = {monday + dt.timedelta(days=i): float(v) for i, v in enumerate(values)}
+    inserted = store_forecast_rows(engine, ticker, as_of, closes, label, version, is_baseline)
+    return {
+        "week_start": monday.isoformat(),
+        "model_name": label,
+        "model_version": version,
+        "is_baseline": is_baseline,
+        "rows_inserted": inserted,
+        "closes": [{"date": d.isoformat(), "close": c} for d, c in closes.items()],
+    }
+
+
+def _record_failure(
+    engine: Engine,
+    tracker: Tracker,
+    ticker: str,
+    as_of: dt.date,
+    parent_run_id: str | None,
+    begun: bool,
+    exc: BaseException,
+) -> None:
+    """Best effort: the night is marked failed and its MLflow run closed as FAILED."""
+    from storage.db import session_scope
+    from storage.runs import fail_run
+
+    message = f"{type(exc).__name__}: {exc}"
+    # The database or MLflow may be what failed: the original error is the one to raise.
+    if begun:
+        with contextlib.suppress(Exception), session_scope(engine) as session:
+            fail_run(session, ticker=ticker, as_of=as_of, error=message)
+    if parent_run_id is not None:
+        with contextlib.suppress(Exception):
+            tracker.end_run(parent_run_id, failed=True)
+
+
+if __name__ == "__main__":
+    print(nightly())

@@ -1,0 +1,319 @@
+"""The promotion gate and the alias moves it leads to, each audited in `promotions`.
+
+`decide_promotion` is pure. The apply steps register versions first, then write the audit row and
+move the alias in one database transaction, so a failure anywhere leaves the champion as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from flows.tracking import ChampionRef, Tracker, model_name
+from pricecast.errors import ConfigError, DataError
+from storage.db import session_scope
+from storage.runs import Promotion, add_promotion, alias_moves, record_training
+
+
+@dataclass(frozen=True)
+class Score:
+    """A model's score on the night's held-out weeks (MAPE in percent, RMSE in dollars)."""
+
+    name: str
+    mape: float
+    rmse: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the gate decided: promote `candidate` or keep the champion, why, with the numbers."""
+
+    action: str  # "promote" | "keep"
+    candidate: str | None
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def promote(self) -> bool:
+        return self.action == "promote"
+
+
+def decide_promotion(
+    candidates: Sequence[Score],
+    *,
+    champion: Score | None,
+    naive: Score,
+    margin: float = 0.0,
+    champion_version: int | None = None,
+) -> Decision:
+    """Promote the best candidate whose MAPE beats naive's AND the champion's by more than
+    `margin` points; with no champion it must beat naive only. Anything else keeps the champion.
+    Ties never promote, and nothing worse than naive is ever promoted.
+    """
+    if margin < 0:
+        raise ConfigError(f"promotion margin must be >= 0 MAPE points, got {margin}")
+    numbers: dict[str, Any] = {
+        "margin": margin,
+        "naive": {"mape": naive.mape, "rmse": naive.rmse},
+        "champion": None
+        if champion is None
+        else {"mape": champion.mape, "rmse": champion.rmse, "version": champion_version},
+        "candidates": {c.name: {"mape": c.mape, "rmse": c.rmse} for c in candidates},
+    }
+    finite = [c for c in candidates if math.isfinite(c.mape)]
+    if not finite:
+        return Decision("keep", None, "no candidate was scored", numbers)
+    best = min(finite, key=lambda c: c.mape)
+    bars = [("naive", naive.mape)]
+    if champion is not None:
+        bars.append(
+            (f"champion v{champion_version}" if champion_version else "champion", champion.mape)
+        )
+    missed = [(who, mape) for who, mape in bars if not best.mape < mape - margin]
+    bar_text = " and ".join(f"{who} ({mape:.3f} %)" for who, mape in bars)
+    if not missed:
+        return Decision(
+            "promote",
+            best.name,
+            f"{best.name} MAPE {best.mape:.3f} % beats {bar_text} by more than {margin:g} points",
+            numbers,
+        )
+    missed_text = " and ".join(f"{who} ({mape:.3f} %)" for who, mape in missed)
+    kept = "the champion stays" if champion is not None else "no champion yet; naive serves"
+    return Decision(
+        "keep",
+        None,
+        f"best candidate {best.name} MAPE {best.mape:.3f} % does not beat {missed_text} "
+        f"by more than {margin:g} points; {kept}",
+        numbers,
+    )
+
+
+@dataclass(frozen=True)
+class TrainedCandidate:
+    """A candidate trained tonight and logged to MLflow, ready to become a model version."""
+
+    name: str
+    score: Score
+    run_id: str
+    model_uri: str
+    model_id: str | None
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AppliedDecision:
+    decision: Decision
+    versions: dict[str, int]
+    promoted_version: int | None
+    champion_version: int | None
+
+
+def apply_decision(
+    *,
+    tracker: Tracker,
+    engine: Engine,
+    ticker: str,
+    as_of: dt.date,
+    decision: Decision,
+    trained: Sequence[TrainedCandidate],
+    champion: ChampionRef | None,
+    training_cutoff: dt.date | None,
+    run_ids: Mapping[str, Any],
+    actor: str = "nightly",
+) -> AppliedDecision:
+    """Register tonight's candidates (tagged with scores, decision and reason), then in one
+    transaction: the audit row, the night marked trained, and the alias move last.
+
+    If the alias move fails the transaction rolls back (champion unchanged, night not trained,
+    so a rerun trains again); if the commit fails after the move, the alias is put back.
+    """
+    versions: dict[str, int] = {}
+    for candidate in trained:
+        chosen = decision.promote and candidate.name == decision.candidate
+        versions[candidate.name] = tracker.register_version(
+            ticker,
+            model_uri=candidate.model_uri,
+            run_id=candidate.run_id,
+            model_id=candidate.model_id,
+            metadata=candidate.metadata,
+            tags={
+                "as_of": as_of.isoformat(),
+                "candidate": candidate.name,
+                "mape": f"{candidate.score.mape:.6f}",
+                "rmse": f"{candidate.score.rmse:.6f}",
+                "naive_mape": f"{decision.numbers['naive']['mape']:.6f}",
+                "champion_mape": ""
+                if decision.numbers.get("champion") is None
+                else f"{decision.numbers['champion']['mape']:.6f}",
+                "decision": "promoted" if chosen else "rejected",
+                "reason": decision.reason[:4000],
+            },
+        )
+    previous = champion.version if champion is not None else None
+    promoted = versions.get(decision.candidate or "") if decision.promote else None
+    new_champion = promoted if promoted is not None else previous
+    moved = False
+    try:
+        with session_scope(engine) as session:
+            add_promotion(
+                session,
+                ticker=ticker,
+                as_of=as_of,
+                action=decision.action,
+                model_name=model_name(ticker),
+                model_version=new_champion,
+                previous_version=previous,
+                candidate=decision.candidate,
+                reason=decision.reason,
+                numbers={**decision.numbers, "versions": versions},
+                run_ids=dict(run_ids),
+                actor=actor,
+            )
+            record_training(
+                session,
+                ticker=ticker,
+                as_of=as_of,
+                training_cutoff=training_cutoff,
+                decision=decision.action,
+                promoted_version=promoted,
+                champion_version=new_champion,
+                mlflow_run_id=run_ids.get("parent"),
+            )
+            session.flush()
+            if promoted is not None:
+                tracker.set_champion(ticker, promoted)
+                moved = True
+    except BaseException:
+        if moved:
+            _restore_alias(tracker, ticker, previous)
+        raise
+    return AppliedDecision(decision, versions, promoted, new_champion)
+
+
+def _restore_alias(tracker: Tracker, ticker: str, previous: int | None) -> None:
+    """Best effort: the database did not take the decision, so the alias goes back."""
+    try:
+        if previous is None:
+            tracker.clear_champion(ticker)
+        else:
+            tracker.set_champion(ticker, previous)
+    except Exception:  # the original failure is the one worth reporting
+        pass
+
+
+def rollback_target(moves: Sequence[Promotion]) -> int | None:
+    """The champion before the current one, replaying alias moves (oldest first) as a stack:
+    a promotion pushes its version, a rollback pops one. None if there is nothing to go back to."""
+    stack: list[int] = []
+    for move in moves:
+        if move.action in ("promote", "manual-promote") and move.model_version is not None:
+            stack.append(move.model_version)
+        elif move.action == "rollback" and stack:
+            stack.pop()
+    return stack[-2] if len(stack) >= 2 else None
+
+
+def _move_alias_audited(
+    *,
+    tracker: Tracker,
+    engine: Engine,
+    ticker: str,
+    action: str,
+    version: int,
+    previous: int | None,
+    reason: str,
+    actor: str,
+    numbers: Mapping[str, Any],
+) -> Promotion:
+    moved = False
+    try:
+        with session_scope(engine) as session:
+            row = add_promotion(
+                session,
+                ticker=ticker,
+                as_of=None,
+                action=action,
+                model_name=model_name(ticker),
+                model_version=version,
+                previous_version=previous,
+                reason=reason,
+                numbers=dict(numbers),
+                run_ids=None,
+                actor=actor,
+            )
+            tracker.set_champion(ticker, version)
+            moved = True
+    except BaseException:
+        if moved:
+            _restore_alias(tracker, ticker, previous)
+        raise
+    tracker.tag_version(ticker, version, {"decision": action, "reason": reason[:4000]})
+    return row
+
+
+def _version_scores(tags: Mapping[str, str]) -> dict[str, Any]:
+    return {k: tags[k] for k in ("as_of", "candidate", "mape", "rmse", "naive_mape") if k in tags}
+
+
+def promote_manually(
+    *, tracker: Tracker, engine: Engine, ticker: str, version: int, reason: str, actor: str
+) -> Promotion:
+    """Point the alias at `version` by hand; audited like the gate's decisions."""
+    if not reason.strip():
+        raise ConfigError("a manual promotion needs a --reason (it goes into the audit trail)")
+    info = tracker.version(ticker, version)
+    if info is None:
+        known = [v.version for v in tracker.versions(ticker)]
+        raise DataError(
+            f"{model_name(ticker)} has no version {version} (versions: {known or 'none'}); "
+            "see `pricecast champion --ticker " + ticker + "`"
+        )
+    current = tracker.champion(ticker)
+    previous = current.version if current is not None else None
+    if previous == version:
+        raise DataError(f"version {version} is already the champion of {ticker}")
+    return _move_alias_audited(
+        tracker=tracker,
+        engine=engine,
+        ticker=ticker,
+        action="manual-promote",
+        version=version,
+        previous=previous,
+        reason=reason,
+        actor=actor,
+        numbers=_version_scores(info.tags),
+    )
+
+
+def rollback(
+    *, tracker: Tracker, engine: Engine, ticker: str, reason: str, actor: str
+) -> Promotion:
+    """Point the alias back at the champion before the current one; audited."""
+    current = tracker.champion(ticker)
+    if current is None:
+        raise DataError(f"{ticker} has no champion to roll back")
+    with session_scope(engine) as session:
+        target = rollback_target(alias_moves(session, ticker=ticker))
+    if target is None or target == current.version:
+        raise DataError(
+            f"{ticker}: no earlier champion to roll back to (current is version "
+            f"{current.version}); use `pricecast promote --version N` to choose one"
+        )
+    info = tracker.version(ticker, target)
+    return _move_alias_audited(
+        tracker=tracker,
+        engine=engine,
+        ticker=ticker,
+        action="rollback",
+        version=target,
+        previous=current.version,
+        reason=reason or "rollback",
+        actor=actor,
+        numbers=_version_scores(info.tags if info else {}),
+    )

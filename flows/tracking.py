@@ -1,0 +1,494 @@
+"""MLflow for pricecast: one experiment and one registered model per ticker, a parent run per
+night with a nested run per candidate, and the registry alias `champion` that marks what serves.
+
+`Tracker` (client calls, no TensorFlow) serves the flow process; `log_candidate_run` and
+`load_keras_model` are used by the training child, which has TensorFlow loaded anyway.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
+
+from pricecast.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CHAMPION_ALIAS = "champion"
+#: Model-version tags that hold the model's own metadata (window, normalisation, cutoff, ...).
+META_PREFIX = "meta."
+HINT = "start it (make up) or fix MLFLOW_TRACKING_URI"
+T = TypeVar("T")
+
+
+def model_name(ticker: str) -> str:
+    """The registered model of a ticker, e.g. 'pricecast-BTC-USD'."""
+    return f"pricecast-{ticker}"
+
+
+def experiment_name(ticker: str) -> str:
+    return f"pricecast-{ticker}"
+
+
+def data_fingerprint(closes: Sequence[tuple[dt.date, float]]) -> str:
+    """A short hash of the (date, close) pairs a model saw: same input data -> same value."""
+    digest = hashlib.sha256()
+    for day, close in closes:
+        digest.update(f"{day.isoformat()}={float(close)!r};".encode())
+    return digest.hexdigest()[:16]
+
+
+def is_remote(tracking_uri: str) -> bool:
+    return urlparse(tracking_uri).scheme in {"http", "https", "databricks"}
+
+
+def _safe_uri(tracking_uri: str) -> str:
+    """The tracking URI without credentials, for messages."""
+    parsed = urlparse(tracking_uri)
+    if parsed.password or parsed.username:
+        netloc = parsed.hostname or ""
+        if parsed.port:
+            netloc += f":{parsed.port}"
+        return parsed._replace(netloc=netloc).geturl()
+    return tracking_uri
+
+
+def configure_http_defaults(retries: int = 2, timeout_seconds: int = 20) -> None:
+    """MLflow's HTTP client retries for minutes by default; a nightly run should fail in seconds.
+    Values the user exported win (MLflow reads these variables itself)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_seconds))
+
+
+def unavailable(tracking_uri: str, what: str, exc: BaseException) -> ServiceUnavailable:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return ServiceUnavailable(
+        f"MLflow at {_safe_uri(tracking_uri)} failed while {what}: {reason}; {HINT}. "
+        "The champion is unchanged; rerun the same --as-of to complete the night"
+    )
+
+
+def _probe_http(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
+    """Fail fast (no retries) when an MLflow server does not answer its health endpoint."""
+    import urllib.error
+    import urllib.request
+
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310
+            response.read(64)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ServiceUnavailable(
+            f"MLflow tracking server at {_safe_uri(tracking_uri)} is not reachable "
+            f"({getattr(exc, 'reason', exc)}); {HINT}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ChampionRef:
+    """The version the `champion` alias points at, with what is needed to load and describe it."""
+
+    name: str
+    version: int
+    run_id: str | None
+    source: str
+    metadata: dict[str, str]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def model_uri(self) -> str:
+        # Pinned to the version (not the alias) so a run uses one model from start to end.
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    run_id: str | None
+    tags: dict[str, str]
+    created: dt.datetime
+    aliases: tuple[str, ...]
+
+
+class Tracker:
+    """MLflow tracking and registry for the flow process (no TensorFlow needed here).
+
+    Every MLflow failure leaves as ServiceUnavailable naming the URI and what was being done.
+    """
+
+    def __init__(self, tracking_uri: str, *, artifact_root: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            configure_http_defaults()
+            if is_remote(self.tracking_uri):
+                _probe_http(self.tracking_uri)
+            elif self.tracking_uri.startswith("sqlite:///"):
+                Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                    parents=True, exist_ok=True
+                )
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one MLflow call; any failure becomes ServiceUnavailable."""
+        try:
+            return fn()
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:  # MlflowException, requests and SQLAlchemy errors alike
+            raise unavailable(self.tracking_uri, what, exc) from exc
+
+    # --- experiments and runs ---------------------------------------------------------------
+
+    def ensure_experiment(self, ticker: str) -> str:
+        """The ticker's experiment id (created on first use, artifacts under the local root)."""
+        name = experiment_name(ticker)
+
+        def get_or_create() -> str:
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                if found.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(found.experiment_id)
+                return str(found.experiment_id)
+            location = None
+            if self.artifact_root is not None and not is_remote(self.tracking_uri):
+                location = (Path(self.artifact_root) / ticker).resolve().as_uri()
+            return str(
+                self.client.create_experiment(
+                    name, artifact_location=location, tags={"ticker": ticker}
+                )
+            )
+
+        return self.call(f"opening experiment {name!r}", get_or_create)
+
+    def start_parent_run(
+        self,
+        *,
+        experiment_id: str,
+        ticker: str,
+        as_of: dt.date,
+        flow_run_id: str | None,
+        params: Mapping[str, Any],
+    ) -> str:
+        tags = {
+            "ticker": ticker,
+            "as_of": as_of.isoformat(),
+            "prefect.flow_run_id": flow_run_id or "",
+            "pricecast.role": "nightly",
+        }
+
+        def create() -> str:
+            run = self.client.create_run(
+                experiment_id, run_name=f"nightly {ticker} {as_of.isoformat()}", tags=tags
+            )
+            self._log(run.info.run_id, params=params)
+            return str(run.info.run_id)
+
+        return self.call("starting the nightly run", create)
+
+    def _log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_summary(
+        self, run_id: str, *, metrics: Mapping[str, float], tags: Mapping[str, Any]
+    ) -> None:
+        self.call(
+            "logging the night's summary", lambda: self._log(run_id, metrics=metrics, tags=tags)
+        )
+
+    def end_run(self, run_id: str, *, failed: bool = False) -> None:
+        status = "FAILED" if failed else "FINISHED"
+        self.call("closing the nightly run", lambda: self.client.set_terminated(run_id, status))
+
+    # --- registry ---------------------------------------------------------------------------
+
+    def champion(self, ticker: str) -> ChampionRef | None:
+        """The version behind the `champion` alias, None if there is none (yet)."""
+        name = model_name(ticker)
+
+        def lookup() -> ChampionRef | None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                version = self.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+            except MlflowException as exc:
+                if exc.error_code in {
+                    "RESOURCE_DOES_NOT_EXIST",
+                    "NOT_FOUND",
+                    "INVALID_PARAMETER_VALUE",
+                }:
+                    return None
+                raise
+            return _champion_ref(name, version)
+
+        return self.call(f"looking up {name}@{CHAMPION_ALIAS}", lookup)
+
+    def register_version(
+        self,
+        ticker: str,
+        *,
+        model_uri: str,
+        run_id: str | None,
+        model_id: str | None,
+        metadata: Mapping[str, Any],
+        tags: Mapping[str, Any],
+    ) -> int:
+        """A new version of the ticker's registered model; metadata and scores as tags."""
+        name = model_name(ticker)
+        all_tags = {f"{META_PREFIX}{k}": str(v) for k, v in metadata.items()}
+        all_tags.update({k: str(v) for k, v in tags.items()})
+
+        def register() -> int:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self.client.create_registered_model(
+                    name, tags={"ticker": ticker}, description=f"Weekly forecaster for {ticker}"
+                )
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            source = model_uri
+            if model_id is not None:
+                # The registry resolves models:/<model_id> through the *global* tracking URI
+                # (an MLflow quirk); hand it the artifact location from our own client instead.
+                source = self.client.get_logged_model(model_id).artifact_location
+            version = self.client.create_model_version(
+                name, source=source, run_id=run_id, tags=all_tags, model_id=model_id
+            )
+            return int(version.version)
+
+        return self.call(f"registering a version of {name}", register)
+
+    def tag_version(self, ticker: str, version: int, tags: Mapping[str, Any]) -> None:
+        name = model_name(ticker)
+
+        def tag() -> None:
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, str(version), key, str(value))
+
+        self.call(f"tagging {name} version {version}", tag)
+
+    def set_champion(self, ticker: str, version: int) -> None:
+        name = model_name(ticker)
+        self.call(
+            f"moving {name}@{CHAMPION_ALIAS} to version {version}",
+            lambda: self.client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version)),
+        )
+
+    def clear_champion(self, ticker: str) -> None:
+        name = model_name(ticker)
+        self.call(
+            f"removing {name}@{CHAMPION_ALIAS}",
+            lambda: self.client.delete_registered_model_alias(name, CHAMPION_ALIAS),
+        )
+
+    def version(self, ticker: str, version: int) -> VersionInfo | None:
+        name = model_name(ticker)
+
+        def get() -> VersionInfo | None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                found = self.client.get_model_version(name, str(version))
+            except MlflowException as exc:
+                if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}:
+                    return None
+                raise
+            return _version_info(found)
+
+        return self.call(f"reading {name} version {version}", get)
+
+    def versions(self, ticker: str) -> list[VersionInfo]:
+        """Every version of the ticker's registered model, newest first."""
+        name = model_name(ticker)
+
+        def search() -> list[VersionInfo]:
+            found = self.client.search_model_versions(f"name = '{name}'")
+            return sorted((_version_info(v) for v in found), key=lambda v: v.version, reverse=True)
+
+        return self.call(f"listing versions of {name}", search)
+
+    def run_link(self, experiment_id: str, run_id: str) -> str:
+        """Where a person finds a run: a UI link for a server, the run id otherwise."""
+        if is_remote(self.tracking_uri):
+            base = _safe_uri(self.tracking_uri).rstrip("/")
+            return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"run {run_id} (experiment {experiment_id}, {self.tracking_uri})"
+
+
+def _version_info(version: ModelVersion) -> VersionInfo:
+    return VersionInfo(
+        version=int(version.version),
+        run_id=version.run_id,
+        tags=dict(version.tags or {}),
+        created=dt.datetime.fromtimestamp((version.creation_timestamp or 0) / 1000, dt.UTC),
+        aliases=tuple(getattr(version, "aliases", ()) or ()),
+    )
+
+
+def _champion_ref(name: str, version: ModelVersion) -> ChampionRef:
+    tags = dict(version.tags or {})
+    metadata = {
+        k.removeprefix(META_PREFIX): v for k, v in tags.items() if k.startswith(META_PREFIX)
+    }
+    return ChampionRef(
+        name=name,
+        version=int(version.version),
+        run_id=version.run_id,
+        source=version.source or "",
+        metadata=metadata,
+        tags={k: v for k, v in tags.items() if not k.startswith(META_PREFIX)},
+    )
+
+
+# --- used by the training child (TensorFlow already loaded there) ------------------------------
+
+
+@dataclass(frozen=True)
+class LoggedCandidate:
+    run_id: str
+    model_uri: str | None = None
+    model_id: str | None = None
+
+
+@contextmanager
+def _tracking(tracking_uri: str) -> Iterator[None]:
+    import mlflow
+
+    configure_http_defaults()
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def log_candidate_run(
+    *,
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    name: str,
+    role: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    weekly_metrics: Mapping[str, Sequence[float]],
+    predictions_csv: str,
+    plot: Callable[[Path], None] | None,
+    keras_model: Any | None = None,
+    input_example: Any | None = None,
+    model_metadata: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> LoggedCandidate:
+    """A nested run under the night's parent: params, metrics (per week with `step`), the
+    predictions CSV, a forecast-vs-actual plot and, for a trained candidate, the Keras model."""
+    import mlflow
+
+    try:
+        with (
+            _tracking(tracking_uri),
+            mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=name,
+                parent_run_id=parent_run_id,
+                nested=True,
+                tags={"pricecast.role": role, "candidate": name, **(tags or {})},
+            ) as run,
+        ):
+            mlflow.log_params({k: _param(v) for k, v in params.items()})
+            mlflow.log_metrics(dict(metrics))
+            for key, values in weekly_metrics.items():
+                for step, value in enumerate(values):
+                    mlflow.log_metric(key, float(value), step=step)
+            with tempfile.TemporaryDirectory(prefix="pricecast-") as tmp:
+                csv_path = Path(tmp) / "predictions.csv"
+                csv_path.write_text(predictions_csv)
+                mlflow.log_artifact(str(csv_path))
+                if plot is not None:
+                    png = Path(tmp) / "forecast_vs_actual.png"
+                    plot(png)
+                    mlflow.log_artifact(str(png))
+            if keras_model is None:
+                return LoggedCandidate(run_id=run.info.run_id)
+            info = _log_keras(keras_model, input_example, model_metadata or {}, params)
+            return LoggedCandidate(
+                run_id=run.info.run_id, model_uri=info.model_uri, model_id=info.model_id
+            )
+    except ServiceUnavailable:
+        raise
+    except Exception as exc:
+        raise unavailable(tracking_uri, f"logging the {name} run", exc) from exc
+
+
+def _param(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _log_keras(model: Any, input_example: Any, metadata: Mapping[str, Any], params: Any) -> Any:
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(input_example, _predict(model, input_example))
+    # Explicit requirements: MLflow would otherwise start a subprocess to infer them (seconds).
+    requirements = mlflow.keras.get_default_pip_requirements()
+    return mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        pip_requirements=requirements,
+        metadata={k: str(v) for k, v in metadata.items()},
+        params={k: _param(v) for k, v in params.items()},
+    )
+
+
+def _predict(model: Any, inputs: Any) -> Any:
+    import numpy as np
+
+    return np.asarray(model(inputs, training=False))
+
+
+def load_keras_model(tracking_uri: str, model_uri: str) -> Any:
+    """The Keras model behind a registry URI (e.g. models:/pricecast-BTC-USD/3)."""
+    import mlflow.keras
+
+    try:
+        with _tracking(tracking_uri):
+            return mlflow.keras.load_model(model_uri)
+    except Exception as exc:
+        raise unavailable(tracking_uri, f"loading {model_uri}", exc) from exc
