@@ -232,7 +232,7 @@ class RowChecker:
             series = values[name]
             flag(
                 ~np.isfinite(series.to_numpy()) & ~blanks[name],
-                lambda i, s=series, name=name: f"{name} {s.iat[i]!r} is not finite",
+                lambda i, s=series, name=name: f"{name} {s.iat[i]:g} is not finite",
             )
         flag((close <= 0).to_numpy(), lambda i: f"close must be > 0, got {close.iat[i]:g}")
         for name in ("open", "high", "low", "volume", "market_cap"):
