@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -28,7 +29,13 @@ from flows.promotion import (
     decide_promotion,
 )
 from flows.tracking import ChampionRef, Tracker, data_fingerprint, model_name
-from flows.training import STRATEGIES, TrainingJob, TrainingResult, run_in_child
+from flows.training import (
+    STRATEGIES,
+    TrainingJob,
+    TrainingResult,
+    prewarm_worker,
+    run_in_child,
+)
 from pricecast.errors import ConfigError, ServiceUnavailable
 from pricecast.settings import Settings, get_settings
 
@@ -36,6 +43,7 @@ from pricecast.settings import Settings, get_settings
 #: trains fresh up to 10 weeks before the span (forecasting.candidates), then fine-tunes.
 MIN_TRAINING_WINDOWS = 12
 IO_RETRIES = 2
+SUNDAY = 6
 IO_RETRY_DELAYS = [1.0, 4.0]
 
 
@@ -322,12 +330,19 @@ def start_mlflow_run(
 
 @compute_task("train and score (child process)")
 def train_and_score(
-    job: TrainingJob, closes: Sequence[tuple[dt.date, float]], workroot: str
+    job: TrainingJob, closes: Sequence[tuple[dt.date, float]], settings: Settings
 ) -> TrainingResult:
-    with tempfile.TemporaryDirectory(prefix=f"{job.as_of}-", dir=workroot) as workdir:
-        from pathlib import Path
-
-        return run_in_child(job, closes, workdir=Path(workdir))
+    workroot = settings.resolved_home / "work"
+    workroot.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{job.ticker}-{job.as_of}-", dir=workroot) as tmp:
+        return run_in_child(
+            job,
+            closes,
+            workdir=Path(tmp),
+            max_jobs=settings.training_worker_max_jobs,
+            idle_seconds=settings.training_worker_idle_seconds,
+            log_path=workroot / "training-worker.log",
+        )
 
 
 @compute_task("promotion gate")
@@ -682,6 +697,10 @@ def _locked_night(
     }
     try:
         mark = time.perf_counter()
+        if strategies and (force or as_of.weekday() == SUNDAY):
+            # A week completes tonight, so training is likely: let the worker import
+            # TensorFlow while this process ingests and plans.
+            _prewarm(settings)
         if night.source:
             result["ingest"] = ingest_prices(
                 settings.resolved_database_url, ticker, night.source, as_of
@@ -759,11 +778,9 @@ def _locked_night(
             champion_metadata=champion.metadata if champion else {},
             forecast_week=due.isoformat() if due else None,
         )
-        workroot = settings.resolved_home / "work"
-        workroot.mkdir(parents=True, exist_ok=True)
         if plan.train:
             job = TrainingJob(strategies=list(strategies), score=True, **job_base)
-            training = train_and_score(job, closes, str(workroot))
+            training = train_and_score(job, closes, settings)
             mark = night.lap("child_seconds", mark)
             decision = gate(training, champion, settings.promotion_margin)
             applied = apply_gate(
@@ -774,7 +791,7 @@ def _locked_night(
         elif due is not None and champion is not None:
             # Not training tonight but a forecast is due: only the champion needs TensorFlow.
             job = TrainingJob(strategies=[], score=False, **job_base)
-            training = train_and_score(job, closes, str(workroot))
+            training = train_and_score(job, closes, settings)
             mark = night.lap("child_seconds", mark)
 
         champion_version = (
@@ -806,6 +823,16 @@ def _locked_night(
     except BaseException as exc:
         _record_failure(engine, tracker, ticker, as_of, parent_run_id, begun, exc)
         raise
+
+
+def _prewarm(settings: Settings) -> None:
+    workroot = settings.resolved_home / "work"
+    workroot.mkdir(parents=True, exist_ok=True)
+    prewarm_worker(
+        max_jobs=settings.training_worker_max_jobs,
+        idle_seconds=settings.training_worker_idle_seconds,
+        log_path=workroot / "training-worker.log",
+    )
 
 
 def _champion_window(champion: ChampionRef | None) -> int | None:

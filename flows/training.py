@@ -8,11 +8,16 @@ included) and writes a JSON result. The child's memory goes back to the OS when 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime as dt
+import gc
 import json
 import os
+import select
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -25,7 +30,6 @@ from pricecast import errors
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 CLOSES_FILE = "closes.pkl"
-LOG_FILE = "child.log"
 STRATEGIES = ("retrain", "fresh")
 
 
@@ -92,14 +96,139 @@ class TrainingResult:
 # --- parent side --------------------------------------------------------------------------------
 
 
+class TrainingWorker:
+    """A child Python process that has TensorFlow and MLflow imported and runs jobs one by one.
+
+    Reusing it across nights (a backfill) saves the imports (seconds per night); it exits after
+    `max_jobs` jobs or `idle_seconds` without work, so its memory is returned to the OS and TF's
+    per-fit leaks stay bounded. The flow process itself never imports TensorFlow.
+    """
+
+    def __init__(self, *, max_jobs: int, idle_seconds: float, log_path: Path) -> None:
+        self.max_jobs = max(1, max_jobs)
+        self.idle_seconds = idle_seconds
+        self.log_path = log_path
+        self.jobs = 0
+        self.ready_info: dict[str, Any] | None = None
+        self.last_used = time.monotonic()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "flows.training",
+                    "--serve",
+                    str(self.max_jobs),
+                    # The child waits a little longer than the parent trusts it to.
+                    str(idle_seconds + 60),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                text=True,
+                bufsize=1,
+            )
+
+    @property
+    def usable(self) -> bool:
+        fresh = time.monotonic() - self.last_used < self.idle_seconds
+        return self.process.poll() is None and self.jobs < self.max_jobs and fresh
+
+    def _message(self, timeout: float | None, doing: str) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            self.close(kill=True)
+            raise errors.PricecastError(
+                f"the training process did not finish {doing} within {timeout:g} s and was "
+                f"stopped; see {self.log_path}"
+            )
+        line = self.process.stdout.readline()
+        if not line:
+            code = self.process.wait(timeout=30)
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(
+                f"the training process exited (code {code}) while {doing}; {self.log_path}:\n{tail}"
+            )
+        return dict(json.loads(line))
+
+    def run(self, workdir: Path, *, timeout_seconds: float | None = None) -> dict[str, Any]:
+        """Run the job in `workdir` (job.json + closes.pkl); returns the child's 'done' message."""
+        if self.ready_info is None:
+            self.ready_info = self._message(STARTUP_TIMEOUT_SECONDS, "starting")
+            self.ready_info["started_for_this_job"] = True
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"workdir": str(workdir)}) + "\n")
+        self.process.stdin.flush()
+        done = self._message(timeout_seconds, "training")
+        self.jobs += 1
+        self.last_used = time.monotonic()
+        return done
+
+    def close(self, *, kill: bool = False) -> None:
+        if self.process.poll() is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            with contextlib.suppress(OSError):
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+STARTUP_TIMEOUT_SECONDS = 300.0
+_worker: TrainingWorker | None = None
+_worker_lock = threading.Lock()
+
+
+def _take_worker(*, max_jobs: int, idle_seconds: float, log_path: Path) -> TrainingWorker:
+    """The process's training worker, started if there is none (or it expired)."""
+    global _worker
+    with _worker_lock:
+        if _worker is None or not _worker.usable:
+            if _worker is not None:
+                _worker.close()
+            _worker = TrainingWorker(
+                max_jobs=max_jobs, idle_seconds=idle_seconds, log_path=log_path
+            )
+            atexit.register(_worker.close)
+        return _worker
+
+
+def prewarm_worker(*, max_jobs: int, idle_seconds: float, log_path: Path) -> None:
+    """Start the worker's imports now, so they overlap with the flow's own I/O."""
+    _take_worker(max_jobs=max_jobs, idle_seconds=idle_seconds, log_path=log_path)
+
+
+def shutdown_worker() -> None:
+    global _worker
+    with _worker_lock:
+        if _worker is not None:
+            _worker.close()
+            _worker = None
+
+
 def run_in_child(
     job: TrainingJob,
     closes: Sequence[tuple[dt.date, float]],
     *,
     workdir: Path,
+    max_jobs: int = 1,
+    idle_seconds: float = 300.0,
+    log_path: Path | None = None,
     timeout_seconds: float | None = None,
 ) -> TrainingResult:
-    """Run `job` in a fresh Python process and return its result.
+    """Run `job` in the training worker (a fresh one when `max_jobs` is 1) and return its result.
 
     Errors the child raises as pricecast errors come back as the same kind with the same
     message; a crash raises RuntimeError with the tail of the child's log.
@@ -109,36 +238,32 @@ def run_in_child(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / JOB_FILE).write_text(json.dumps(asdict(job), indent=2))
     pd.DataFrame(closes, columns=["date", "close"]).to_pickle(workdir / CLOSES_FILE)
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONUNBUFFERED"] = "1"
+    log = log_path or workdir.parent / "training-worker.log"
     started = time.perf_counter()
-    with open(workdir / LOG_FILE, "wb") as log:
-        try:
-            completed = subprocess.run(
-                [sys.executable, "-m", "flows.training", str(workdir)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout_seconds,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise errors.PricecastError(
-                f"training for {job.ticker} as of {job.as_of} took longer than "
-                f"{timeout_seconds:g} s and was stopped; see {workdir / LOG_FILE}"
-            ) from None
+    worker = _take_worker(max_jobs=max_jobs, idle_seconds=idle_seconds, log_path=log)
+    try:
+        done = worker.run(workdir, timeout_seconds=timeout_seconds)
+    except BaseException:
+        shutdown_worker()  # never reuse a worker in an unknown state
+        raise
     elapsed = time.perf_counter() - started
     result_file = workdir / RESULT_FILE
     payload = json.loads(result_file.read_text()) if result_file.is_file() else None
-    if completed.returncode != 0 or payload is None or "error" in payload:
-        raise _child_error(payload, completed.returncode, workdir / LOG_FILE)
-    models = [ModelOutcome(**m) for m in payload["models"]]
+    if payload is None or "error" in payload:
+        raise _child_error(payload, int(done.get("code", 1)), log)
+    timings = dict(payload["timings"])
+    timings["worker_rss_mb"] = float(done.get("rss_mb", 0.0))
+    timings["worker_jobs"] = float(worker.jobs)
+    ready = worker.ready_info or {}
+    if ready.pop("started_for_this_job", False):
+        timings["import_seconds"] = float(ready.get("import_seconds", 0.0))
+    else:
+        timings["import_seconds"] = 0.0
     return TrainingResult(
         held_out_weeks=payload["held_out_weeks"],
         train_until=payload["train_until"],
-        models=models,
-        timings=payload["timings"],
+        models=[ModelOutcome(**m) for m in payload["models"]],
+        timings=timings,
         child_seconds=elapsed,
     )
 
@@ -149,9 +274,9 @@ def _child_error(payload: Mapping[str, Any] | None, code: int, log: Path) -> Exc
         message = payload["error"].get("message", "")
         if isinstance(kind, type) and issubclass(kind, errors.PricecastError):
             return kind(message)
-        return RuntimeError(f"training child failed: {message} (log: {log})")
+        return RuntimeError(f"training failed: {message} (log: {log})")
     tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
-    return RuntimeError(f"training child exited with code {code}; log {log}:\n{tail}")
+    return RuntimeError(f"training ended with code {code} and no result; log {log}:\n{tail}")
 
 
 # --- child side ---------------------------------------------------------------------------------
@@ -398,9 +523,8 @@ def execute(job: TrainingJob, workdir: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    workdir = Path(args[0])
+def _run_job(workdir: Path) -> int:
+    """Run one job; the result (or the error) is written to workdir/result.json."""
     try:
         job = TrainingJob(**json.loads((workdir / JOB_FILE).read_text()))
         payload = execute(job, workdir)
@@ -414,6 +538,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 1
     (workdir / RESULT_FILE).write_text(json.dumps(payload))
     return code
+
+
+def _rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _warm_imports() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import mlflow.keras  # noqa: F401
+
+    import forecasting.backtest  # noqa: F401
+    import forecasting.candidates  # noqa: F401
+
+
+def serve(max_jobs: int, idle_seconds: float) -> int:
+    """The worker loop: one JSON line per job on stdin, one 'done' line per job on stdout."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything else printed goes to the log, never into the protocol
+    started = time.perf_counter()
+    _warm_imports()
+    ready = {"ready": True, "pid": os.getpid(), "import_seconds": time.perf_counter() - started}
+    protocol.write(json.dumps(ready) + "\n")
+    for _ in range(max_jobs):
+        readable, _, _ = select.select([sys.stdin], [], [], idle_seconds)
+        line = sys.stdin.readline() if readable else ""
+        if not line:
+            break  # idle for too long, or the parent closed the pipe
+        code = _run_job(Path(json.loads(line)["workdir"]))
+        import keras
+
+        keras.backend.clear_session()
+        gc.collect()
+        protocol.write(json.dumps({"done": True, "code": code, "rss_mb": _rss_mb()}) + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "--serve":
+        return serve(int(args[1]), float(args[2]))
+    return _run_job(Path(args[0]))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         default=0.0, description="MAPE points a candidate must beat champion and naive by."
     )
     lock_timeout_seconds: float = 600.0
+    # Training runs in a child process that is reused for up to N jobs (a backfill saves the
+    # TensorFlow import each night) and exits after being idle; 1 = a fresh process per job.
+    training_worker_max_jobs: int = 20
+    training_worker_idle_seconds: float = 300.0
 
     # Local services (`make up`): the Postgres to reuse if it runs, and the ports to bind on
     # 127.0.0.1. `services_db_prefix` namespaces the databases (tests use their own).

@@ -1,0 +1,142 @@
+"""The nightly flow's pure decisions: when to train, when to forecast, what the report says."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.nightly import (
+    decide_training,
+    forecast_week_due,
+    last_complete_week,
+    markdown_report,
+    realised_accuracy,
+    training_windows_available,
+    yesterday_utc,
+)
+from forecasting.weeks import group_iso_weeks
+
+D = dt.date
+
+
+def _weeks(start: str, end: str, *, drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    days = pd.date_range(start, end)
+    days = days[~days.isin(pd.to_datetime(list(drop)))]
+    return group_iso_weeks(pd.DataFrame({"date": days, "close": np.arange(1.0, len(days) + 1)}))
+
+
+def _plan(**overrides):  # type: ignore[no-untyped-def]
+    values = dict(
+        force=False,
+        latest_complete=D(2024, 1, 8),
+        has_champion=True,
+        last_trained_week=D(2024, 1, 1),
+        last_trained_had_champion=True,
+        available_windows=40,
+        needed_windows=31,
+    )
+    values.update(overrides)
+    return decide_training(**values)
+
+
+def test_training_happens_when_a_week_has_completed_since_the_last_training() -> None:
+    plan = _plan()
+    assert plan.train and "week of 2024-01-08 completed" in plan.reason
+    assert _plan(last_trained_week=None).train
+
+
+def test_a_rerun_or_a_mid_week_night_does_not_train() -> None:
+    rerun = _plan(last_trained_week=D(2024, 1, 8))
+    assert not rerun.train and "no week has completed" in rerun.reason
+    # Naive won last time (no champion then, none now): same weeks, same outcome, no retraining.
+    assert not _plan(
+        last_trained_week=D(2024, 1, 8), has_champion=False, last_trained_had_champion=False
+    ).train
+
+
+def test_a_lost_champion_or_force_trains_but_never_without_history() -> None:
+    assert _plan(last_trained_week=D(2024, 1, 8), has_champion=False).train
+    assert _plan(last_trained_week=D(2024, 1, 8), force=True).reason == "forced (--force)"
+    short = _plan(force=True, available_windows=30)
+    assert not short.train and "not enough history: 30" in short.reason
+
+
+def test_last_complete_week_and_the_forecast_week_as_of() -> None:
+    weeks = _weeks("2024-01-01", "2024-01-24", drop=("2024-01-10",))
+    # As of Sunday the 14th the week of the 8th has ended but misses a day.
+    assert last_complete_week(weeks, D(2024, 1, 14)) == D(2024, 1, 1)
+    assert last_complete_week(weeks, D(2024, 1, 6)) is None
+    # Rows after as_of are ignored: the week of the 15th is complete only by the 21st.
+    assert last_complete_week(weeks, D(2024, 1, 20)) == D(2024, 1, 1)
+    assert last_complete_week(weeks, D(2024, 1, 21)) == D(2024, 1, 15)
+    assert forecast_week_due(D(2024, 1, 15), D(2024, 1, 21)) == D(2024, 1, 22)
+    assert forecast_week_due(D(2024, 1, 15), D(2024, 1, 22)) is None
+    assert forecast_week_due(D(2024, 1, 1), D(2024, 1, 14)) is None  # the week of the 8th broke
+    assert forecast_week_due(None, D(2024, 1, 14)) is None
+
+
+def test_training_windows_count_only_weeks_ended_by_as_of() -> None:
+    weeks = _weeks("2024-01-01", "2024-03-03")  # nine complete weeks
+    assert training_windows_available(weeks, D(2024, 3, 3), window_weeks=4) == 5
+    assert training_windows_available(weeks, D(2024, 3, 2), window_weeks=4) == 4
+
+
+def test_realised_accuracy_over_forecast_days() -> None:
+    scores = realised_accuracy([(100.0, 110.0), (200.0, 190.0)])
+    assert scores["days"] == 2
+    assert scores["rmse"] == pytest.approx(10.0)
+    assert scores["mape"] == pytest.approx(7.5)
+    assert realised_accuracy([]) == {"days": 0, "rmse": None, "mape": None}
+
+
+def test_yesterday_is_utc() -> None:
+    late = dt.datetime(2024, 1, 2, 23, 30, tzinfo=dt.UTC)
+    assert yesterday_utc(late) == D(2024, 1, 1)
+
+
+def test_the_markdown_report_names_scores_decision_and_runs() -> None:
+    report = markdown_report(
+        {
+            "ticker": "BTC-USD",
+            "as_of": "2024-01-07",
+            "trained": True,
+            "train_reason": "no night has trained yet",
+            "decision": {"action": "promote", "reason": "fresh beats naive"},
+            "champion_version": 3,
+            "candidates": [
+                {
+                    "name": "fresh",
+                    "role": "candidate",
+                    "mape": 3.21,
+                    "rmse": 812.5,
+                    "train_seconds": 20.0,
+                    "mlflow_run_id": "abc",
+                },
+                {
+                    "name": "naive",
+                    "role": "baseline",
+                    "mape": 4.0,
+                    "rmse": 900.0,
+                    "train_seconds": 0.0,
+                    "mlflow_run_id": "def",
+                },
+            ],
+            "held_out_weeks": ["2023-12-25", "2024-01-01"],
+            "forecast": {
+                "model_name": "pricecast-BTC-USD",
+                "model_version": 3,
+                "is_baseline": False,
+                "closes": [{"date": "2024-01-08", "close": 1.5}],
+            },
+            "realised": {"days": 7, "mape": 2.5, "rmse": 10.0, "weeks_scored_tonight": 1},
+            "mlflow": {"parent_run": "run xyz"},
+            "timings": {"total_seconds": 30.0, "train_seconds": 20.0},
+        }
+    )
+    assert "# Nightly BTC-USD as of 2024-01-07" in report
+    assert "**promote** — fresh beats naive" in report
+    assert "| fresh | candidate | 3.210 | 812.50 | 20.0 | abc |" in report
+    assert "version 3" in report and "MAPE 2.500 %" in report and "run xyz" in report
