@@ -18,6 +18,9 @@ from typing import Any
 from pricecast.errors import DataError, PricecastError
 
 EVERY = ("day", "week")
+#: The ephemeral Prefect API boots a server subprocess; Prefect's default 20 s is too short on a
+#: small, busy machine.
+EPHEMERAL_STARTUP_SECONDS = 180
 
 
 class BackfillStopped(PricecastError):
@@ -70,6 +73,21 @@ class BackfillSummary:
                 for night in self.replayed
             ],
         }
+
+
+@contextmanager
+def patient_prefect_api(seconds: int = EPHEMERAL_STARTUP_SECONDS) -> Iterator[None]:
+    """Give Prefect's ephemeral API time to boot, unless the user already allowed more."""
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP,
+    )
+    from prefect.settings import temporary_settings
+
+    if STARTUP.value() >= seconds:
+        yield
+        return
+    with temporary_settings(updates={STARTUP: seconds}):
+        yield
 
 
 def backfill_dates(
@@ -173,7 +191,7 @@ def run_backfill(
         nights=len(dates),
         skipped_done=len(dates) - len(todo),
     )
-    with _progress(len(todo), show_progress) as advance:
+    with patient_prefect_api(), _progress(len(todo), show_progress) as advance:
         for as_of in todo:
             advance(f"{ticker} as of {as_of}", None)
             try:

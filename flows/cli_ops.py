@@ -84,6 +84,26 @@ def backfill(
     )
 
 
+def demo(
+    ticker: str = typer.Option("BTC-USD", "--ticker", help=TICKER_HELP),
+    source: str = typer.Option("synthetic", "--source", help=SOURCE_HELP),
+    weeks: int = typer.Option(2, "--weeks", min=0, help="Sunday nights to backfill first."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Training epochs per candidate."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+) -> None:
+    """Run the whole pipeline once, end to end, on the embedded default.
+
+    Loads prices (synthetic, or your CSV with --source csv:PATH) into SQLite under
+    PRICECAST_HOME, backfills the last --weeks Sunday nights, then runs tonight's nightly as of
+    the latest complete week: trains retrain and fresh, scores them against the champion and
+    naive, promotes only what is better, and forecasts next week. Prints the champion, the
+    forecast, and the commands that open the MLflow and Prefect UIs on what just ran.
+    """
+    from flows.demo import run_demo
+
+    run_demo(ticker=ticker, source=source, weeks=weeks, epochs=epochs, seed=seed, echo=typer.echo)
+
+
 def reflow(doc: str | None) -> str:
     """A docstring as --help text: paragraphs joined into lines, so the terminal wraps them."""
     paragraphs = inspect.cleandoc(doc or "").split("\n\n")
@@ -92,5 +112,5 @@ def reflow(doc: str | None) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `pricecast` app."""
-    for name, command in (("serve", serve), ("backfill", backfill)):
+    for name, command in (("demo", demo), ("serve", serve), ("backfill", backfill)):
         app.command(name, help=reflow(command.__doc__))(command)
