@@ -220,9 +220,11 @@ def run_backfill(
     return summary
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+def _one_line(exc: BaseException, limit: int = 800) -> str:
+    """The failure's message on one line (the CLI prints one line per error)."""
+    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @contextmanager
