@@ -10,17 +10,20 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import keras
 import numpy as np
 import pandas as pd
 
 from forecasting import model as lstm
 from forecasting.base import Forecaster, NotFittedError
+from forecasting.baselines import Drift, Naive
 from forecasting.weeks import from_point_relative
 from forecasting.windows import Windows, make_windows, trainable_target_weeks
-from pricecast.errors import DataError
+from pricecast.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import keras
 
 FORMAT_VERSION = 1
 ONE_WEEK = pd.Timedelta(weeks=1)
@@ -382,3 +385,47 @@ class RetrainLSTM(LSTMForecaster):
         described["steps"] = self.steps
         described["bootstrapped"] = self.base is None
         return described
+
+
+#: Strategy names the CLI and the nightly flow accept, in the order they are reported.
+STRATEGIES: tuple[str, ...] = ("fresh", "retrain", "naive", "drift")
+
+
+def check_strategies(strategies: Sequence[str]) -> None:
+    """Raise ConfigError unless every name is in STRATEGIES, named once, and there is one."""
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies or len(set(strategies)) != len(strategies):
+        raise ConfigError(
+            f"strategies {list(strategies)} are not valid: name each once, from "
+            f"{', '.join(STRATEGIES)} (e.g. --strategies fresh,retrain,naive)"
+        )
+
+
+def build_candidates(
+    strategies: Sequence[str],
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    window_weeks: int | None = None,
+    ticker: str = "",
+    config: lstm.LSTMConfig | None = None,
+    champion: LSTMForecaster | None = None,
+) -> list[Forecaster]:
+    """Unfitted forecasters for `strategies` (names from STRATEGIES), on the default config.
+
+    `retrain` starts from `champion` when given, else it bootstraps its own old model.
+    Raises ConfigError on an unknown or repeated name.
+    """
+    check_strategies(strategies)
+    base = (config or lstm.LSTMConfig()).with_overrides(epochs=epochs, window_weeks=window_weeks)
+
+    def build(strategy: str) -> Forecaster:
+        if strategy == "fresh":
+            return FreshLSTM(base, seed=seed, ticker=ticker)
+        if strategy == "retrain":
+            return RetrainLSTM(champion, config=base, epochs=epochs, seed=seed, ticker=ticker)
+        if strategy == "drift":
+            return Drift(lookback_weeks=base.window_weeks)
+        return Naive()
+
+    return [build(strategy) for strategy in strategies]

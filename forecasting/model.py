@@ -1,6 +1,7 @@
 """The weekly LSTM (the book's `bitcoin_lstm_v0` by default): build, train, predict, save, load.
 
-Only ML code paths import this module: it loads TensorFlow (seconds) at import time.
+TensorFlow takes seconds to load, so it is imported inside the functions that need it: importing
+this module (e.g. for LSTMConfig) stays cheap.
 """
 
 from __future__ import annotations
@@ -8,14 +9,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from forecasting.weeks import DAYS_PER_WEEK
 from forecasting.windows import NORMALISATIONS
+
+if TYPE_CHECKING:
+    import keras
+
+#: Training steps run per call into TensorFlow: fewer Python round trips for a tiny network.
+STEPS_PER_EXECUTION = 16
 
 
 @dataclass(frozen=True)
@@ -64,12 +69,17 @@ class LSTMConfig:
 
 def seed_everything(seed: int) -> None:
     """Same seed -> same weights, same shuffles, same results (deterministic TF kernels)."""
+    import keras
+    import tensorflow as tf
+
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
 
 def build_lstm(config: LSTMConfig, *, seed: int) -> keras.Model:
     """LSTM layer(s) of `units` over the window's weeks (7 closes each) -> Dense(7)."""
+    import keras
+
     seed_everything(seed)
     inputs = keras.Input(shape=(config.window_weeks, DAYS_PER_WEEK), name="weeks")
     x = inputs
@@ -92,32 +102,93 @@ def train(
     batch_size: int,
     seed: int,
 ) -> float:
-    """Fit `model` in place (MSE, RMSprop at `learning_rate`); returns the seconds it took."""
+    """Fit `model` in place (MSE, RMSprop at `learning_rate`); returns the seconds it took.
+
+    All epochs run as one pass over a seeded, reshuffled-per-epoch stream: Keras' per-epoch
+    overhead (about 0.1 s) would otherwise cost more than training this small network.
+    """
+    import keras
+    import tensorflow as tf
+
     seed_everything(seed)
-    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate), loss="mse")
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+        loss="mse",
+        steps_per_execution=STEPS_PER_EXECUTION,
+    )
     started = time.perf_counter()
     if len(inputs) and epochs:
-        model.fit(
-            inputs.astype("float32"),
-            targets.astype("float32"),
-            epochs=epochs,
-            batch_size=batch_size,
-            shuffle=True,
-            verbose=0,
+        stream = (
+            tf.data.Dataset.from_tensor_slices(
+                (inputs.astype("float32"), targets.astype("float32"))
+            )
+            .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+            .repeat(epochs)
+            .batch(batch_size)
         )
+        model.fit(stream, epochs=1, shuffle=False, verbose=0)
     return time.perf_counter() - started
+
+
+_ACTIVATIONS = {
+    "linear": lambda z: z,
+    "tanh": np.tanh,
+    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+    "relu": lambda z: np.maximum(z, 0.0),
+}
+
+
+def _numpy_forward(model: keras.Model, inputs: np.ndarray) -> np.ndarray | None:
+    """The forward pass of a build_lstm() network in numpy; None for any other architecture.
+
+    TensorFlow spends most of a second setting up one small LSTM call; these few matrix
+    products take milliseconds and give the same numbers (float64, so within float32 noise).
+    """
+    x = inputs.astype("float64")
+    for layer in model.layers:
+        kind = type(layer).__name__
+        config = layer.get_config()
+        if kind in ("InputLayer", "Dropout"):
+            continue  # dropout is off at inference
+        if kind == "LSTM":
+            if config["activation"] != "tanh" or config["recurrent_activation"] != "sigmoid":
+                return None
+            if config["go_backwards"] or not config["use_bias"]:
+                return None
+            kernel, recurrent, bias = (w.astype("float64") for w in layer.get_weights())
+            units = config["units"]
+            h = np.zeros((len(x), units))
+            c = np.zeros((len(x), units))
+            outputs = []
+            for step in range(x.shape[1]):
+                z = x[:, step] @ kernel + h @ recurrent + bias
+                i, f, g, o = (z[:, k * units : (k + 1) * units] for k in range(4))
+                c = _ACTIVATIONS["sigmoid"](f) * c + _ACTIVATIONS["sigmoid"](i) * np.tanh(g)
+                h = _ACTIVATIONS["sigmoid"](o) * np.tanh(c)
+                outputs.append(h)
+            x = np.stack(outputs, axis=1) if config["return_sequences"] else h
+        elif kind == "Dense" and config["activation"] in _ACTIVATIONS and config["use_bias"]:
+            kernel, bias = (w.astype("float64") for w in layer.get_weights())
+            x = _ACTIVATIONS[config["activation"]](x @ kernel + bias)
+        else:
+            return None
+    return x
 
 
 def predict_relative(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
     """One batched forward pass: (n, W, 7) relative inputs -> (n, 7) relative closes."""
     if len(inputs) == 0:
         return np.empty((0, DAYS_PER_WEEK))
-    # A direct call avoids model.predict()'s per-call tf.function setup for small batches.
+    fast = _numpy_forward(model, inputs)
+    if fast is not None:
+        return fast
     return np.asarray(model(inputs.astype("float32"), training=False), dtype="float64")
 
 
 def copy_model(model: keras.Model) -> keras.Model:
     """An independent copy with the same architecture and weights (training it leaves `model`)."""
+    import keras
+
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     return clone
@@ -133,5 +204,7 @@ def save_model(model: keras.Model, path: Path) -> Path:
 
 
 def load_model(path: Path) -> keras.Model:
+    import keras
+
     # compile=False: a loaded model serves predictions; training recompiles with its own rate.
     return keras.models.load_model(Path(path), compile=False)

@@ -189,3 +189,17 @@ def test_backtest_with_lstms_is_blind_to_later_rows(
     for name, (rmse, mape, predictions) in first.items():
         assert with_later_rows[name][0] == rmse and with_later_rows[name][1] == mape
         np.testing.assert_array_equal(with_later_rows[name][2], predictions)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TINY, LSTMConfig(window_weeks=4, units=5, layers=2, dropout=0.2, activation="tanh")],
+    ids=["default", "stacked"],
+)
+def test_fast_inference_matches_keras(config: LSTMConfig):
+    from forecasting.model import build_lstm, predict_relative
+
+    model = build_lstm(config, seed=5)
+    inputs = np.random.default_rng(0).normal(0.0, 0.1, size=(19, 4, 7))
+    expected = np.asarray(model(inputs.astype("float32"), training=False))
+    np.testing.assert_allclose(predict_relative(model, inputs), expected, atol=1e-6)
