@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 
 import typer
@@ -104,13 +103,7 @@ def demo(
     run_demo(ticker=ticker, source=source, weeks=weeks, epochs=epochs, seed=seed, echo=typer.echo)
 
 
-def reflow(doc: str | None) -> str:
-    """A docstring as --help text: paragraphs joined into lines, so the terminal wraps them."""
-    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
-    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
-
-
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `pricecast` app."""
     for name, command in (("demo", demo), ("serve", serve), ("backfill", backfill)):
-        app.command(name, help=reflow(command.__doc__))(command)
+        app.command(name)(command)
