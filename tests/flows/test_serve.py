@@ -4,6 +4,7 @@ the deployment appears with its cron schedule and a run created through the API 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ import pytest
 
 from flows.serve import check_prefect_api, deployment_name, validate_schedule
 from pricecast.errors import ConfigError, ServiceUnavailable
+from storage.db import make_engine, session_scope
+from storage.runs import get_run
 
 SERVER_START_TIMEOUT = 180.0
 
@@ -168,6 +171,15 @@ def test_served_deployment_has_cron_and_runs_what_the_api_starts(
         assert final["state"]["type"] == "COMPLETED", (final["state"], log_path.read_text()[-3000:])
         assert final["parameters"]["as_of"] == as_of
         assert final["parameters"]["ticker"] == ticker
+        # The served run did the night's work in the database the server process points at.
+        engine = make_engine(f"sqlite:///{isolated_home / 'pricecast.db'}")
+        try:
+            with session_scope(engine) as session:
+                night = get_run(session, ticker=ticker, as_of=dt.date.fromisoformat(as_of))
+                assert night is not None and night.status == "done"
+                assert night.flow_run_id == run_id
+        finally:
+            engine.dispose()
     finally:
         _stop_group(serve)
         api.close()
