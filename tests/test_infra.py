@@ -5,10 +5,15 @@ three servers -> the run visible through the MLflow and Prefect REST APIs -> `ma
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import urllib.request
+import uuid
 from pathlib import Path
 from types import ModuleType
 
@@ -193,3 +198,121 @@ def test_port_taken_is_a_clear_error(tmp_path: Path) -> None:
         layout = services.Layout(tmp_path / "services")
         with pytest.raises(Exception, match=rf"port {port} .* taken .*PRICECAST_MLFLOW_PORT"):
             services.launch_server(spec, layout)
+
+
+# ------------------------------------------------------------------ make up -> nightly -> down
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _json(method: str, url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_make_up_nightly_visible_in_mlflow_and_prefect_then_make_down(pg_admin_engine) -> None:
+    """The three servers from `make up`, a nightly against them, the run seen through both REST
+    APIs, `make down`. Our databases (own prefix) are dropped at the end, whatever happened."""
+    from sqlalchemy import text
+
+    home = Path(tempfile.mkdtemp(prefix="pricecast-infra-"))
+    home.chmod(0o755)  # a Postgres of our own would run as `postgres` and must enter it
+    prefix = f"pc_infra_{os.getpid()}_{uuid.uuid4().hex[:6]}_"
+    mlflow_port, prefect_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "PRICECAST_HOME": str(home),
+        "PRICECAST_SERVICES_DB_PREFIX": prefix,
+        "PRICECAST_MLFLOW_PORT": str(mlflow_port),
+        "PRICECAST_PREFECT_PORT": str(prefect_port),
+        "PREFECT_HOME": str(home / "prefect-client"),
+    }
+    for name in ("PRICECAST_DATABASE_URL", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        env.pop(name, None)
+    make = ["make", "--no-print-directory", "-o", "install"]  # the venv is already installed
+    try:
+        up = _run([*make, "up"], env, timeout=420)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{mlflow_port}" in up.stdout
+        again = _run([*make, "up"], env, timeout=240)  # idempotent: finds them running
+        assert again.returncode == 0 and again.stdout.count("already running") == 2, again.stdout
+
+        exports = _run([sys.executable, "infra/services.py", "env"], env, timeout=60)
+        assert exports.returncode == 0, exports.stderr
+        service_env = dict(
+            line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines()
+        )
+        assert service_env["PRICECAST_DATABASE_URL"].endswith(f"/{prefix}pricecast")
+        night_env = {
+            **env, **service_env,
+            "PRICECAST_EPOCHS": "1", "PRICECAST_HOLDOUT_WEEKS": "2", "PRICECAST_WINDOW_WEEKS": "4",
+        }  # fmt: skip
+        as_of = "2024-03-10"
+        pricecast = str(Path(sys.executable).parent / "pricecast")
+        night = _run(
+            [pricecast, "nightly", "--ticker", "INFRA-T", "--source", "synthetic",
+             "--as-of", as_of, "--json"],
+            night_env, timeout=600,
+        )  # fmt: skip
+        assert night.returncode == 0, night.stdout[-2000:] + night.stderr[-4000:]
+        # (MLflow prints "View run ... at: <url>" lines on stdout when it talks to a server.)
+        result = json.loads(night.stdout[re.search(r"^\{", night.stdout, re.M).start() :])
+        assert result["trained"] is True
+
+        # MLflow REST: the night's parent run (tagged as_of) and its candidate runs, whose
+        # artifacts went through the server into the served store under PRICECAST_HOME.
+        mlflow = f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow"
+        experiment = _json(
+            "GET", f"{mlflow}/experiments/get-by-name?experiment_name=pricecast-INFRA-T"
+        )
+        experiment_id = experiment["experiment"]["experiment_id"]
+        runs = _json(
+            "POST", f"{mlflow}/runs/search",
+            {"experiment_ids": [experiment_id], "max_results": 100},
+        )["runs"]  # fmt: skip
+        tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+        parents = [t for t in tags if "mlflow.parentRunId" not in t]
+        assert [t.get("as_of") for t in parents] == [as_of]
+        assert parents[0]["prefect.flow_run_id"] == result["flow_run_id"]
+        scored = [r for r in runs if any(m["key"] == "mape" for m in r["data"].get("metrics", []))]
+        assert scored, runs
+        assert all(r["info"]["artifact_uri"].startswith("mlflow-artifacts:") for r in runs)
+        assert any((home / "services" / "mlartifacts").rglob("*.csv"))
+
+        # Prefect REST: the flow run, completed, with its as_of.
+        prefect = f"http://127.0.0.1:{prefect_port}/api"
+        flow_run = _json("GET", f"{prefect}/flow_runs/{result['flow_run_id']}")
+        assert flow_run["state"]["type"] == "COMPLETED"
+        assert flow_run["parameters"]["as_of"] == as_of
+
+        status = _run([*make, "status"], env, timeout=120)
+        assert status.stdout.count(" running ") >= 3, status.stdout
+    finally:
+        down = _run([*make, "down"], env, timeout=240)
+        with pg_admin_engine.connect() as conn:
+            for role in ("pricecast", "mlflow", "prefect"):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{prefix}{role}" WITH (FORCE)'))
+        shutil.rmtree(home, ignore_errors=True)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "mlflow    stopped" in down.stdout and "prefect   stopped" in down.stdout
+    for port in (mlflow_port, prefect_port):
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)
