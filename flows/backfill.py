@@ -34,6 +34,8 @@ class NightOutcome:
     promoted: str | None
     champion_version: int | None
     seconds: float
+    #: The night's own timings (`nightly --json`), e.g. train_seconds, child_worker_rss_mb.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class BackfillSummary:
                     "promoted": night.promoted,
                     "champion_version": night.champion_version,
                     "seconds": round(night.seconds, 2),
+                    "train_seconds": night.timings.get("train_seconds"),
                 }
                 for night in self.replayed
             ],
@@ -155,6 +158,7 @@ def replay_night(
         promoted=result.get("promoted"),
         champion_version=result.get("champion_version"),
         seconds=time.perf_counter() - began,
+        timings=dict(result.get("timings") or {}),
     )
 
 
