@@ -7,6 +7,7 @@ with `skip_invalid` the valid rows load and the invalid ones go to `rejected_row
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,9 +19,11 @@ from sqlalchemy import Engine
 from flows.sources import DATE, ERROR, LINE, RAW, VALUE_FIELDS, PriceSource, parse_source
 from pricecast.errors import DataError
 from storage.db import ensure_schema, make_engine, session_scope
-from storage.prices import PriceRow, Rejection, read_dates, record_rejected, stage_prices
+from storage.prices import PriceRow, Rejection, missing_dates, record_rejected, stage_prices
 
 MAX_LISTED_PROBLEMS = 50
+_HASH_MASK = (1 << 64) - 1
+_ORDINAL_1970 = dt.date(1970, 1, 1).toordinal()
 _BLANKS = frozenset({"", "null", "nan", "none", "n/a", "na", "-"})
 _ISO_DAY = r"^\s*(\d{4}-\d{2}-\d{2})(?:[ T].*)?\s*$"
 _EPOCH_DAY = dt.date(1970, 1, 1)
@@ -100,8 +103,8 @@ def today_utc() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-def parse_dates(values: pd.Series) -> pd.Series:
-    """Raw date cells -> datetime64 at midnight (NaT where unparseable or empty).
+def parse_dates(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Raw date cells -> (datetime64[D] days, NaT where unparseable or blank; blank mask).
 
     Accepted: ISO dates with an optional time ("2021-02-26", "2021-02-26 23:59:59",
     "2021-02-26T00:00:00Z"; the calendar day as written), "Apr 28, 2013", and Unix epoch seconds
@@ -110,37 +113,63 @@ def parse_dates(values: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values):
         if getattr(values.dt, "tz", None) is not None:
             values = values.dt.tz_localize(None)
-        return values.dt.normalize().astype("datetime64[ns]")
+        days = values.to_numpy().astype("datetime64[D]")
+        return days, np.isnat(days)
     text = values.astype("string").str.strip()
+    blank = (text.isna() | (text == "")).fillna(True).to_numpy(dtype=bool)
     iso = text.str.extract(_ISO_DAY, expand=False)
     parsed = pd.to_datetime(iso, format="%Y-%m-%d", errors="coerce")
-    rest = parsed.isna() & text.notna() & (text != "")
+    rest = parsed.isna() & ~blank
     if rest.any():
-        named = pd.to_datetime(text[rest], format="%b %d, %Y", errors="coerce")
-        parsed[rest] = named
+        parsed[rest] = pd.to_datetime(text[rest], format="%b %d, %Y", errors="coerce")
         digits = rest & parsed.isna() & text.str.fullmatch(r"\d{10}|\d{13}").fillna(False)
         if digits.any():
             numbers = text[digits].astype("int64")
             seconds = np.where(numbers > 10**11, numbers // 1000, numbers)
-            parsed[digits] = pd.to_datetime(seconds, unit="s").normalize()
-    return parsed.astype("datetime64[ns]")
+            parsed[digits] = pd.to_datetime(seconds, unit="s")
+    return parsed.to_numpy().astype("datetime64[D]"), blank
 
 
-def parse_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+def parse_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw value cells -> (float64 with NaN for blank, blank mask, unparseable mask).
 
     Blank: empty, null, NaN, N/A, -. Numbers may use exponents (8.61E+11) and thousands
     separators (1,234.5).
     """
     if pd.api.types.is_numeric_dtype(values):
-        numbers = values.astype("float64")
-        return numbers, numbers.isna(), pd.Series(False, index=values.index)
+        numbers = values.to_numpy(dtype="float64")
+        blank = np.isnan(numbers)
+        return numbers, blank, np.zeros(len(numbers), dtype=bool)
     text = values.astype("string").str.strip()
     blank = (text.isna() | text.str.lower().isin(_BLANKS)).fillna(True).astype(bool)
     grouped = text.str.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?").fillna(False).astype(bool)
-    text = text.where(~grouped, text.str.replace(",", "", regex=False))
-    numbers = pd.to_numeric(text.where(~blank), errors="coerce").astype("float64")
-    return numbers, blank, numbers.isna() & ~blank
+    if grouped.any():
+        text = text.where(~grouped, text.str.replace(",", "", regex=False))
+    numbers = pd.to_numeric(text.where(~blank), errors="coerce").to_numpy(dtype="float64")
+    blank_mask = blank.to_numpy(dtype=bool)
+    return numbers, blank_mask, np.isnan(numbers) & ~blank_mask
+
+
+def _cells(values: np.ndarray) -> list[float | None]:
+    """Floats as Python objects, None where missing."""
+    if np.isnan(values).any():
+        return [None if math.isnan(v) else v for v in values.tolist()]
+    return values.tolist()
+
+
+# PriceRow from a tuple without a Python-level call per row (namedtuple._make is one).
+_new_price_row = functools.partial(tuple.__new__, PriceRow)
+
+
+def _fingerprints(columns: list[np.ndarray]) -> np.ndarray:
+    """A 64-bit fingerprint per row of float columns (NaN = missing), vectorised (FNV-style)."""
+    mixed = np.full(len(columns[0]), 0xCBF29CE484222325, dtype=np.uint64)
+    for column in columns:
+        # +0.0 folds -0.0 into 0.0; one NaN bit pattern for "missing".
+        canonical = np.where(np.isnan(column), np.nan, column + 0.0)
+        mixed = (mixed ^ canonical.view(np.uint64)) * np.uint64(0x100000001B3)
+        mixed ^= mixed >> np.uint64(29)
+    return mixed
 
 
 class RowChecker:
@@ -162,8 +191,10 @@ class RowChecker:
         self.as_of = as_of
         self.today = today
         self.summary = summary
-        # day -> (line, values): spots the same day twice across the whole stream.
-        self._seen: dict[dt.date, tuple[int | None, tuple[float | None, ...]]] = {}
+        # Spots the same day twice across the whole stream: day ordinal -> line << 64 | 64-bit
+        # fingerprint of the values. Two small ints per distinct day (bounded by the calendar,
+        # not by the size of the source); equal fingerprints count as identical values.
+        self._seen: dict[int, int] = {}
 
     def check(self, frame: pd.DataFrame) -> tuple[list[PriceRow], list[Problem]]:
         """Valid, first-seen rows of a raw frame, and the problems of the others."""
@@ -172,134 +203,137 @@ class RowChecker:
         if n == 0:
             return [], []
         frame = frame.reset_index(drop=True)
-        reasons: list[str | None] = [None] * n
+        reasons: dict[int, str] = {}  # row -> first problem found
 
         def flag(mask: np.ndarray, reason: Any) -> None:
-            for i in np.flatnonzero(mask):
-                if reasons[i] is None:
+            for i in np.flatnonzero(mask).tolist():
+                if i not in reasons:
                     reasons[i] = reason(i) if callable(reason) else reason
 
+        def flagged() -> np.ndarray:
+            mask = np.zeros(n, dtype=bool)
+            mask[list(reasons)] = True
+            return mask
+
         if ERROR in frame:
-            errors = frame[ERROR]
-            flag(errors.notna().to_numpy(), lambda i: str(errors.iat[i]))
+            errors = frame[ERROR].to_numpy(dtype=object)
+            flag(pd.notna(errors), lambda i: str(errors[i]))
         raw_dates = frame[DATE]
-        dates = parse_dates(raw_dates)
-        date_blank = (
-            (raw_dates.isna() | (raw_dates.astype("string").str.strip() == ""))
-            .fillna(True)
-            .to_numpy(dtype=bool)
-        )
+        day, date_blank = parse_dates(raw_dates)
         flag(date_blank, "date is missing")
         flag(
-            dates.isna().to_numpy(),
+            np.isnat(day),
             lambda i: f"date {str(raw_dates.iat[i]).strip()!r} is not a date (expected YYYY-MM-DD)",
         )
-        values: dict[str, pd.Series] = {}
+        values: dict[str, np.ndarray] = {}
         blanks: dict[str, np.ndarray] = {}
         for name in VALUE_FIELDS:
-            numbers, blank, bad = parse_numbers(frame[name])
-            values[name], blanks[name] = numbers, blank.to_numpy(dtype=bool)
             cells = frame[name]
+            values[name], blanks[name], bad = parse_numbers(cells)
             flag(
-                bad.to_numpy(dtype=bool),
+                bad,
                 lambda i, name=name, cells=cells: (
                     f"{name} {str(cells.iat[i]).strip()!r} is not a number"
                 ),
             )
         # A dated row with no values at all is the source saying "no data that day" (Yahoo's
         # null rows): counted and reported, neither stored nor an error.
-        no_data = np.logical_and.reduce([blanks[name] for name in VALUE_FIELDS])
-        no_data &= np.array([r is None for r in reasons])
+        no_data = np.logical_and.reduce([blanks[name] for name in VALUE_FIELDS]) & ~flagged()
         # Rows outside the asked range are not loaded (counted); after today they are wrong.
-        day = dates.to_numpy()
         outside = np.zeros(n, dtype=bool)
-        if self.start is not None:
-            outside |= day < np.datetime64(self.start)
-        if self.end is not None:
-            outside |= day > np.datetime64(self.end)
-        if self.as_of is not None:
-            outside |= day > np.datetime64(self.as_of)
-        else:
-            future = (day > np.datetime64(self.today)) & ~outside
-            flag(future, lambda i: f"date {dates.iat[i].date()} is after today ({self.today})")
-        dated = ~np.isnat(day)
-        outside &= dated & ~no_data & np.array([r is None for r in reasons])
-        flag(outside, "outside")  # placeholder so later checks skip these rows
-        flag(no_data, "no data")
+        for bound, later in ((self.start, False), (self.end, True), (self.as_of, True)):
+            if bound is not None:
+                limit = np.datetime64(bound, "D")
+                outside |= (day > limit) if later else (day < limit)
+        outside &= ~no_data & ~flagged()
+        active = ~no_data & ~outside
+        if self.as_of is None:
+            flag(
+                active & (day > np.datetime64(self.today, "D")),
+                lambda i: f"date {day[i]} is after today ({self.today})",
+            )
         close, low, high = values["close"], values["low"], values["high"]
-        flag(blanks["close"], "close is missing")
-        for name in VALUE_FIELDS:
-            series = values[name]
-            flag(
-                ~np.isfinite(series.to_numpy()) & ~blanks[name],
-                lambda i, s=series, name=name: f"{name} {s.iat[i]:g} is not finite",
-            )
-        flag((close <= 0).to_numpy(), lambda i: f"close must be > 0, got {close.iat[i]:g}")
-        for name in ("open", "high", "low", "volume", "market_cap"):
-            series = values[name]
-            flag(
-                (series < 0).to_numpy(),
-                lambda i, s=series, name=name: f"{name} must be >= 0, got {s.iat[i]:g}",
-            )
-        flag(
-            (high < low).to_numpy(),
-            lambda i: f"high {high.iat[i]:g} is below low {low.iat[i]:g}",
-        )
-        return self._collect(frame, dates, values, reasons, no_data, outside)
+        flag(active & blanks["close"], "close is missing")
+        with np.errstate(invalid="ignore"):
+            for name in VALUE_FIELDS:
+                column = values[name]
+                flag(
+                    active & ~np.isfinite(column) & ~blanks[name],
+                    lambda i, c=column, name=name: f"{name} {c[i]:g} is not finite",
+                )
+            flag(active & (close <= 0), lambda i: f"close must be > 0, got {close[i]:g}")
+            for name in ("open", "high", "low", "volume", "market_cap"):
+                column = values[name]
+                flag(
+                    active & (column < 0),
+                    lambda i, c=column, name=name: f"{name} must be >= 0, got {c[i]:g}",
+                )
+            flag(active & (high < low), lambda i: f"high {high[i]:g} is below low {low[i]:g}")
+        invalid = flagged()
+        return self._collect(frame, day, values, reasons, invalid, no_data, outside & ~invalid)
 
     def _collect(
         self,
         frame: pd.DataFrame,
-        dates: pd.Series,
-        values: dict[str, pd.Series],
-        reasons: list[str | None],
+        day: np.ndarray,
+        values: dict[str, np.ndarray],
+        reasons: dict[int, str],
+        invalid: np.ndarray,
         no_data: np.ndarray,
         outside: np.ndarray,
     ) -> tuple[list[PriceRow], list[Problem]]:
         summary = self.summary
-        lines = frame[LINE].tolist() if LINE in frame else [None] * len(frame)
-        problems: list[Problem] = []
+        has_lines = LINE in frame and bool(frame[LINE].notna().any())
+        lines = frame[LINE].tolist() if has_lines else [None] * len(frame)
         summary.outside_range += int(outside.sum())
         if no_data.any():
             summary.no_data += int(no_data.sum())
-            summary.no_data_days.extend(d.date() for d in dates[no_data])
-        invalid = np.array([r is not None for r in reasons]) & ~no_data & ~outside
-        for i in np.flatnonzero(invalid):
-            problems.append(self._problem(frame, i, lines[i], dates, reasons[i] or ""))
+            summary.no_data_days.extend(day[no_data].astype(object).tolist())
+        problems = [self._problem(frame, i, lines[i], day, reasons[i]) for i in sorted(reasons)]
         valid = np.flatnonzero(~invalid & ~no_data & ~outside)
         if not len(valid):
             return [], problems
-        columns = [
-            values[name].iloc[valid].astype(object).where(values[name].iloc[valid].notna(), None)
-            for name in VALUE_FIELDS
-        ]
-        days = dates.iloc[valid].dt.date.tolist()
-        rows: list[PriceRow] = []
+        days = day[valid].astype(object).tolist()
+        columns = [_cells(values[name][valid]) for name in VALUE_FIELDS]
+        ordinals = (day[valid].astype("int64") + _ORDINAL_1970).tolist()
+        prints = _fingerprints([values[name][valid] for name in VALUE_FIELDS]).tolist()
+        if has_lines:
+            marks = [
+                ((lines[i] or 0) << 64) | p for i, p in zip(valid.tolist(), prints, strict=True)
+            ]
+        else:
+            marks = prints
         seen = self._seen
-        for position, day, *cells in zip(
-            valid.tolist(), days, *(c.tolist() for c in columns), strict=True
-        ):
-            known = seen.get(day)
-            cells_tuple = tuple(cells)
-            if known is None:
-                seen[day] = (lines[position], cells_tuple)
-                rows.append(PriceRow(day, *cells_tuple))
-            elif known[1] == cells_tuple:
-                summary.duplicates += 1
-            else:
-                first = f"line {known[0]}" if known[0] is not None else "an earlier row"
-                problems.append(
-                    self._problem(
-                        frame,
-                        position,
-                        lines[position],
-                        dates,
-                        f"date {day} appears twice with different values (first on {first}, "
-                        "which is kept)",
+        rows: list[PriceRow]
+        if len(set(ordinals)) == len(ordinals) and seen.keys().isdisjoint(ordinals):
+            # The usual case, without a per-row Python loop: every day is new.
+            seen.update(zip(ordinals, marks, strict=True))
+            rows = list(map(_new_price_row, zip(days, *columns, strict=True)))
+        else:
+            rows = []
+            for k, date in enumerate(days):
+                known = seen.get(ordinals[k])
+                if known is None:
+                    seen[ordinals[k]] = marks[k]
+                    rows.append(_new_price_row((date, *(column[k] for column in columns))))
+                elif known & _HASH_MASK == prints[k]:
+                    summary.duplicates += 1
+                else:
+                    first_line = known >> 64
+                    first = f"line {first_line}" if first_line else "an earlier row"
+                    position = int(valid[k])
+                    problems.append(
+                        self._problem(
+                            frame,
+                            position,
+                            lines[position],
+                            day,
+                            f"date {date} appears twice with different values (first on "
+                            f"{first}, which is kept)",
+                        )
                     )
-                )
         if rows:
-            first_day, last_day = min(r.date for r in rows), max(r.date for r in rows)
+            first_day, last_day = min(days), max(days)
             if summary.first_date is None or first_day < summary.first_date:
                 summary.first_date = first_day
             if summary.last_date is None or last_day > summary.last_date:
@@ -307,19 +341,15 @@ class RowChecker:
         return rows, problems
 
     def _problem(
-        self, frame: pd.DataFrame, i: int, line: Any, dates: pd.Series, reason: str
+        self, frame: pd.DataFrame, i: int, line: Any, day: np.ndarray, reason: str
     ) -> Problem:
-        line_number = (
-            None if line is None or (isinstance(line, float) and math.isnan(line)) else int(line)
-        )
-        day = dates.iat[i]
-        day_text = day.date().isoformat() if not pd.isna(day) else str(frame[DATE].iat[i])
+        line_number = None if line is None or pd.isna(line) else int(line)
+        day_text = str(day[i]) if not np.isnat(day[i]) else str(frame[DATE].iat[i])
         if RAW in frame and frame[RAW].iat[i] is not None:
             raw = str(frame[RAW].iat[i])
         else:
-            raw = ",".join(
-                "" if pd.isna(v) else str(v) for v in frame.iloc[i][[DATE, *VALUE_FIELDS]]
-            )
+            cells = frame.iloc[i][[DATE, *VALUE_FIELDS]]
+            raw = ",".join("" if pd.isna(v) else str(v) for v in cells)
         return Problem(self.source.locate(line_number, day_text), line_number, raw, reason)
 
 
@@ -397,18 +427,12 @@ def ingest(
                 counts.updated,
                 counts.unchanged,
             )
-            if summary.first_date and summary.last_date:
-                stored = set(
-                    read_dates(
-                        session, ticker=ticker, start=summary.first_date, end=summary.last_date
-                    )
+            first_day, last_day = summary.first_date, summary.last_date
+            # Staged days are distinct and inside the span: if they fill it, nothing is missing.
+            if first_day and last_day and staging.staged < (last_day - first_day).days + 1:
+                summary.missing_days = missing_dates(
+                    session, ticker=ticker, start=first_day, end=last_day
                 )
-                span = (summary.last_date - summary.first_date).days + 1
-                summary.missing_days = [
-                    day
-                    for day in (summary.first_date + dt.timedelta(days=k) for k in range(span))
-                    if day not in stored
-                ]
         summary.notes.extend(source.notes())
         summary.no_data_days.sort()
         return summary

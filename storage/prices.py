@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
     Column,
@@ -23,15 +23,14 @@ from sqlalchemy import (
     and_,
     case,
     delete,
-    distinct,
     func,
     insert,
     literal,
     or_,
     select,
-    text,
     update,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
@@ -44,6 +43,8 @@ _PRICE_COLUMNS = ("ticker", "date", *VALUE_COLUMNS, "source", "ingested_at")
 BATCH_ROWS = 10_000
 _T = TypeVar("_T")
 
+PRICES = cast(Table, DailyPrice.__table__)
+REVISIONS = cast(Table, PriceRevision.__table__)
 _staging_metadata = MetaData()
 # Per connection; on PostgreSQL its rows vanish at commit, and it is cleared before each use.
 _staging = Table(
@@ -56,8 +57,25 @@ _staging = Table(
 )
 
 
+_STAGING_USED = "pricecast.prices.staging_used"
+
+
+_staging_ddl_by_dialect: dict[str, str] = {}
+
+
+def _staging_ddl(dialect: Dialect) -> str:
+    """CREATE TEMPORARY TABLE IF NOT EXISTS ..., compiled once per dialect."""
+    if dialect.name not in _staging_ddl_by_dialect:
+        ddl = CreateTable(_staging, if_not_exists=True).compile(dialect=dialect)
+        _staging_ddl_by_dialect[dialect.name] = str(ddl)
+    return _staging_ddl_by_dialect[dialect.name]
+
+
 class PriceRow(NamedTuple):
-    """One validated day of prices; `close` is required and positive."""
+    """One validated day of prices; `close` is required and positive.
+
+    Storage reads rows by position, so any tuple in this field order will do.
+    """
 
     date: dt.date
     open: float | None
@@ -103,9 +121,9 @@ def _batches(rows: Iterable[_T]) -> Iterator[list[_T]]:
 def _sqlite_rows(batch: Sequence[PriceRow]) -> Iterator[tuple[object, ...]]:
     """(date as ISO text, six values) per row, refusing a close that is not a positive number."""
     for row in batch:
-        if not row.close > 0:  # NaN would be stored as NULL
-            raise DataError(f"close must be a positive number, got {row.close!r} on {row.date}")
-        yield (row.date.isoformat(), *row[1:])
+        if not row[4] > 0:  # close; NaN would be stored as NULL
+            raise DataError(f"close must be a positive number, got {row[4]!r} on {row[0]}")
+        yield (row[0].isoformat(), *row[1:])
 
 
 # PostgreSQL binary COPY: no float formatting or parsing, and values arrive bit for bit.
@@ -159,8 +177,10 @@ class PriceStaging:
 
     A ticker with no stored rows yet is loaded straight into daily_prices (COPY on PostgreSQL):
     nothing can conflict, so a first load runs at close to bulk-load speed. Otherwise rows go to
-    a temporary table and `merge` applies them set-based. Either way the caller's transaction
-    decides whether anything is kept: roll back and nothing was written.
+    a temporary table (no WAL, no index) and `merge` compares and applies them set-based, so an
+    unchanged re-load writes nothing to daily_prices.
+    Either way the caller's transaction decides whether anything is kept: roll back and nothing
+    was written.
     """
 
     def __init__(self, session: Session, *, ticker: str, source: str) -> None:
@@ -170,21 +190,19 @@ class PriceStaging:
         self.staged = 0
         self._ingested_at = utc_now()
         self._postgres = session.get_bind().dialect.name == "postgresql"
-        prices = DailyPrice.__table__
+        self._dates: set[dt.date] = set()  # spots a day sent twice before the database does
+        stored = select(DailyPrice.date).where(DailyPrice.ticker == ticker).exists()
         if self._postgres:
-            # Two loads of the same ticker at once take turns (SQLite locks the whole file).
-            session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                {"key": f"pricecast.prices:{ticker}"},
+            # Two loads of the same ticker take turns (SQLite locks the whole file); one round
+            # trip takes the lock and asks whether the ticker has rows yet.
+            query = select(
+                func.pg_advisory_xact_lock(func.hashtext(f"pricecast.prices:{ticker}")), stored
             )
-        self._direct = (
-            session.execute(select(prices.c.date).where(prices.c.ticker == ticker).limit(1)).first()
-            is None
-        )
-        if not self._direct:
-            connection = session.connection()
-            connection.execute(CreateTable(_staging, if_not_exists=True))
-            connection.execute(delete(_staging))
+            self._direct = not session.execute(query).one()[1]
+        else:
+            self._direct = not session.execute(select(stored)).scalar()
+        self._in_staging = 0
+        self._staging_ready = False
 
     @property
     def first_load(self) -> bool:
@@ -194,20 +212,32 @@ class PriceStaging:
     def add(self, rows: Iterable[PriceRow]) -> int:
         """Stage rows (any order, any count; streamed in batches). Returns how many.
 
-        Raises DataError if a first load sends the same date twice.
+        Raises DataError if the same date comes twice (the transaction should be rolled back).
         """
         added = 0
         for batch in _batches(rows):
+            self._check_new_days(batch)
             try:
                 if self._direct:
                     self._insert_direct(batch)
                 else:
                     self._insert_staging(batch)
-            except IntegrityError as exc:
+            except IntegrityError as exc:  # a concurrent writer got there first
                 raise self._duplicate_error(exc) from None
             added += len(batch)
         self.staged += added
         return added
+
+    def _check_new_days(self, batch: list[PriceRow]) -> None:
+        new = {row[0] for row in batch}
+        if len(new) == len(batch) and self._dates.isdisjoint(new):
+            self._dates |= new
+            return
+        seen: set[dt.date] = set()
+        for row in batch:
+            if row[0] in seen or row[0] in self._dates:
+                raise DataError(f"{self.ticker}: date {row[0]} was sent twice; send each day once")
+            seen.add(row[0])
 
     def _insert_direct(self, batch: list[PriceRow]) -> None:
         if self._postgres:
@@ -229,6 +259,15 @@ class PriceStaging:
             )
 
     def _insert_staging(self, batch: list[PriceRow]) -> None:
+        if not self._staging_ready:
+            connection = self._session.connection()
+            connection.exec_driver_sql(_staging_ddl(connection.dialect))
+            # Empty at the start of every transaction (ON COMMIT DELETE ROWS, or a rollback);
+            # only an earlier load in this same transaction can have left rows.
+            if self._session.info.get(_STAGING_USED):
+                connection.execute(delete(_staging))
+            self._session.info[_STAGING_USED] = True
+            self._staging_ready = True
         if self._postgres:
             data = _binary_copy(batch, before=b"", after=b"", fields=1 + len(VALUE_COLUMNS))
             self._copy(_staging.name, ("date", *VALUE_COLUMNS), data)
@@ -237,6 +276,7 @@ class PriceStaging:
                 f"INSERT INTO {_staging.name} VALUES (?, ?, ?, ?, ?, ?, ?)",
                 list(_sqlite_rows(batch)),
             )
+        self._in_staging += len(batch)
 
     def _copy(self, table: str, columns: Sequence[str], data: io.BytesIO) -> None:
         import psycopg2
@@ -258,35 +298,26 @@ class PriceStaging:
         )
 
     def merge(self) -> UpsertCounts:
-        """Insert new days, update changed ones (old values -> price_revisions), keep the rest.
-
-        Raises DataError if the staged rows hold the same date twice.
-        """
+        """Insert new days, update changed ones (old values -> price_revisions), keep the rest."""
         if self._direct:
             return UpsertCounts(inserted=self.staged, updated=0, unchanged=0)
-        session, prices, staged = self._session, DailyPrice.__table__, _staging
+        if not self._in_staging:
+            return UpsertCounts(inserted=0, updated=0, unchanged=0)
+        session, prices, staged = self._session, PRICES, _staging
         match = and_(prices.c.ticker == self.ticker, prices.c.date == staged.c.date)
         changed = or_(*(prices.c[c].is_distinct_from(staged.c[c]) for c in VALUE_COLUMNS))
-        total, distinct_dates, existing, updated = session.execute(
+        existing, updated = session.execute(
             select(
-                func.count(),
-                func.count(distinct(staged.c.date)),
                 func.count(prices.c.date),
-                func.coalesce(
-                    func.sum(case((and_(prices.c.date.is_not(None), changed), 1), else_=0)), 0
-                ),
-            ).select_from(staged.outerjoin(prices, match))
+                func.coalesce(func.sum(case((changed, 1), else_=0)), 0),
+            ).select_from(staged.join(prices, match))
         ).one()
-        if distinct_dates != total:
-            duplicate = session.execute(
-                select(staged.c.date).group_by(staged.c.date).having(func.count() > 1).limit(1)
-            ).scalar()
-            raise DataError(f"{self.ticker}: date {duplicate} was sent twice; send each day once")
+        total = self._in_staging
         stamp = literal(self._ingested_at, DailyPrice.ingested_at.type)
         if updated:
             revision_columns = ["ticker", "date", *VALUE_COLUMNS, "source", "ingested_at"]
             session.execute(
-                insert(PriceRevision.__table__).from_select(
+                insert(REVISIONS).from_select(
                     [*revision_columns, "revised_at", "revised_by_source"],
                     select(*(prices.c[c] for c in revision_columns), stamp, literal(self.source))
                     .select_from(staged.join(prices, match))
@@ -315,9 +346,12 @@ class PriceStaging:
                     ).where(~already),
                 )
             )
-        session.execute(delete(staged))
+        if not self._postgres:  # PostgreSQL empties it at commit (ON COMMIT DELETE ROWS)
+            session.execute(delete(staged))
         return UpsertCounts(
-            inserted=total - existing, updated=updated, unchanged=existing - updated
+            inserted=total - existing,
+            updated=updated,
+            unchanged=existing - updated,
         )
 
 
@@ -364,7 +398,7 @@ def record_rejected(
 
 def read_closes(session: Session, *, ticker: str, as_of: dt.date) -> list[tuple[dt.date, float]]:
     """(date, close) for `ticker`, oldest first, only dates <= as_of."""
-    prices = DailyPrice.__table__
+    prices = PRICES
     result = session.execute(
         select(prices.c.date, prices.c.close)
         .where(prices.c.ticker == ticker, prices.c.date <= as_of)
@@ -381,7 +415,7 @@ def read_prices(
     end: dt.date | None = None,
 ) -> list[PriceRow]:
     """Full daily rows for `ticker` in [start, end] (inclusive, both optional), oldest first."""
-    prices = DailyPrice.__table__
+    prices = PRICES
     query = select(prices.c.date, *(prices.c[c] for c in VALUE_COLUMNS)).where(
         prices.c.ticker == ticker
     )
@@ -394,7 +428,7 @@ def read_prices(
 
 def read_dates(session: Session, *, ticker: str, start: dt.date, end: dt.date) -> list[dt.date]:
     """The stored dates of `ticker` in [start, end], oldest first."""
-    prices = DailyPrice.__table__
+    prices = PRICES
     return list(
         session.scalars(
             select(prices.c.date)
@@ -404,11 +438,24 @@ def read_dates(session: Session, *, ticker: str, start: dt.date, end: dt.date) -
     )
 
 
+def missing_dates(session: Session, *, ticker: str, start: dt.date, end: dt.date) -> list[dt.date]:
+    """Calendar days in [start, end] with no stored row for `ticker` (one count when none)."""
+    prices = PRICES
+    in_range = and_(prices.c.ticker == ticker, prices.c.date.between(start, end))
+    stored = session.execute(select(func.count()).where(in_range)).scalar_one()
+    span = (end - start).days + 1
+    if stored >= span:
+        return []
+    have = set(read_dates(session, ticker=ticker, start=start, end=end))
+    days = (start + dt.timedelta(days=k) for k in range(span))
+    return [day for day in days if day not in have]
+
+
 def price_coverage(
     session: Session, *, ticker: str, as_of: dt.date | None = None
 ) -> PriceCoverage | None:
     """First and last stored date and the number of days (up to as_of); None if no rows."""
-    prices = DailyPrice.__table__
+    prices = PRICES
     query = select(func.min(prices.c.date), func.max(prices.c.date), func.count()).where(
         prices.c.ticker == ticker
     )
@@ -422,7 +469,7 @@ def price_coverage(
 
 def list_tickers(session: Session) -> list[str]:
     """Every ticker with stored prices, sorted."""
-    prices = DailyPrice.__table__
+    prices = PRICES
     return list(session.scalars(select(prices.c.ticker).distinct().order_by(prices.c.ticker)))
 
 

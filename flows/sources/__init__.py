@@ -17,8 +17,9 @@ from pricecast.errors import SourceError
 if TYPE_CHECKING:
     from pricecast.settings import Settings
 
-# Raw-frame columns. LINE: line number in the file (header = 1), or None; RAW: the row's text;
-# ERROR: a structural problem the source found (wrong field count), else None.
+# Raw-frame columns: DATE and the VALUE_FIELDS, plus optionally LINE (line number in the file,
+# header = 1), RAW (the row's text) and ERROR (a structural problem the source found, such as a
+# wrong field count, else None).
 LINE, RAW, ERROR = "line", "raw", "error"
 DATE = "date"
 VALUE_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "market_cap")

@@ -11,14 +11,14 @@ import datetime as dt
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import pandas as pd
 
 from flows.sources import DATE, ERROR, FIELDS, LINE, RAW
 from pricecast.errors import SourceError
 
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 20_000
 
 # Normalised header -> field. Earlier entries win when a file has several (Close beats Adj Close).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -135,7 +135,7 @@ class CsvSource:
         consumed.clear()
         line_number = header_line_number
         reader = csv.reader(lines, delimiter=delimiter)
-        columns = {name: [] for name in (LINE, RAW, ERROR, *FIELDS)}
+        columns: dict[str, list[Any]] = {name: [] for name in (LINE, RAW, ERROR, *FIELDS)}
         width = len(header)
         for fields in reader:
             row_line = line_number + 1
@@ -162,5 +162,5 @@ class CsvSource:
             yield _frame(columns)
 
 
-def _frame(columns: dict[str, list]) -> pd.DataFrame:
+def _frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})

@@ -1,8 +1,7 @@
 """Seeded synthetic daily prices as a source, for the demo, the tests and the benchmark.
 
-Prices are generated year by year from a fixed origin, each year seeded on its own and starting
-from the previous year's last close, so a given ticker, seed and day always have the same price
-whatever range or as-of date is asked for (backfills and re-ingests agree).
+Prices come in ten-year blocks from a fixed origin, so a given ticker, seed and day always have
+the same price whatever range or as-of date is asked for (backfills and re-ingests agree).
 """
 
 from __future__ import annotations
@@ -11,14 +10,19 @@ import datetime as dt
 import zlib
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 
-from flows.sources import DATE, FIELDS, LINE
+from flows.sources import DATE
 from forecasting.synthetic import synthetic_prices
 from forecasting.weeks import CLOSE
 
 ORIGIN = dt.date(2015, 1, 1)
 DEFAULT_START = dt.date(2018, 1, 1)
+CHUNK_ROWS = 50_000
+# Prices come in ten-year blocks, each seeded on its own and starting from the previous block's
+# last close: a day's price never depends on how far the caller asked to read.
+BLOCK_YEARS = 10
 # BTC-USD-like level on the origin date, so the demo's numbers look familiar.
 START_PRICE = 300.0
 
@@ -30,27 +34,31 @@ class SyntheticSource:
         self.seed = seed
         self.label = f"synthetic:seed={seed}"
 
-    def _year_seed(self, ticker: str, year: int) -> int:
-        # Stable across processes (unlike hash()), different per ticker, seed and year.
-        return zlib.crc32(f"{ticker}|{self.seed}|{year}".encode())
+    def _block_seed(self, ticker: str, first_year: int) -> int:
+        # Stable across processes (unlike hash()), different per ticker, seed and block.
+        return zlib.crc32(f"{ticker}|{self.seed}|{first_year}".encode())
 
     def read(self, *, ticker: str, start: dt.date | None, end: dt.date) -> Iterator[pd.DataFrame]:
         start = max(start or DEFAULT_START, ORIGIN)
         price = START_PRICE
-        for year in range(ORIGIN.year, end.year + 1):
-            first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
-            frame = synthetic_prices(
-                first, last, seed=self._year_seed(ticker, year), start_price=price
+        for first_year in range(ORIGIN.year, end.year + 1, BLOCK_YEARS):
+            block = synthetic_prices(
+                dt.date(first_year, 1, 1),
+                dt.date(first_year + BLOCK_YEARS - 1, 12, 31),
+                seed=self._block_seed(ticker, first_year),
+                start_price=price,
             )
-            price = float(frame[CLOSE].iloc[-1])
-            if last < start:
-                continue
-            frame = frame[
-                (frame[DATE] >= pd.Timestamp(start)) & (frame[DATE] <= pd.Timestamp(end))
-            ].reset_index(drop=True)
-            frame[LINE] = None
-            if len(frame):
-                yield frame[[LINE, *FIELDS]]
+            price = float(block[CLOSE].iloc[-1])
+            if first_year + BLOCK_YEARS - 1 >= start.year:
+                yield from self._chunks(block, start, end)
+
+    @staticmethod
+    def _chunks(block: pd.DataFrame, start: dt.date, end: dt.date) -> Iterator[pd.DataFrame]:
+        dates = block[DATE].to_numpy()  # ascending
+        first = int(dates.searchsorted(np.datetime64(start, "D")))
+        stop = int(dates.searchsorted(np.datetime64(end, "D"), side="right"))
+        for begin in range(first, stop, CHUNK_ROWS):
+            yield block.iloc[begin : min(begin + CHUNK_ROWS, stop)]
 
     def locate(self, line: int | None, day: str) -> str:
         return f"{self.label} day {day}"

@@ -21,10 +21,10 @@ def _frame(source: SyntheticSource, ticker: str, start, end) -> pd.DataFrame:
 
 def test_a_day_has_the_same_price_whatever_range_is_asked() -> None:
     source = SyntheticSource(seed=3)
-    long = _frame(source, "BTC-USD", dt.date(2019, 1, 1), dt.date(2023, 12, 31))
-    short = _frame(source, "BTC-USD", dt.date(2021, 6, 1), dt.date(2021, 6, 30))
-    assert list(short.columns)[1:] == list(FIELDS)
-    assert len(short) == 30 and short["date"].iloc[0] == pd.Timestamp("2021-06-01")
+    long = _frame(source, "BTC-USD", dt.date(2019, 1, 1), dt.date(2026, 6, 30))
+    short = _frame(source, "BTC-USD", dt.date(2024, 12, 17), dt.date(2025, 1, 15))
+    assert list(short.columns) == list(FIELDS)
+    assert len(short) == 30 and short["date"].iloc[0] == pd.Timestamp("2024-12-17")
     merged = short.merge(long, on="date", suffixes=("_s", "_l"))
     assert (merged["close_s"] == merged["close_l"]).all()
     assert (merged["volume_s"] == merged["volume_l"]).all()

@@ -94,6 +94,21 @@ def test_changed_values_update_and_keep_old_values_in_revisions(engine) -> None:
     assert _upsert(engine, changed, source="v2") == UpsertCounts(0, 0, 10)
 
 
+def test_several_loads_in_one_transaction(engine) -> None:
+    rows = _rows(6)
+    with session_scope(engine) as session:
+        assert upsert_prices(session, ticker="A", rows=rows, source="s") == UpsertCounts(6, 0, 0)
+        assert upsert_prices(session, ticker="A", rows=rows, source="s") == UpsertCounts(0, 0, 6)
+        changed = [rows[0]._replace(close=1.0), *_rows(2, start=DAY0 - dt.timedelta(2))]
+        assert upsert_prices(session, ticker="A", rows=changed, source="s") == UpsertCounts(2, 1, 0)
+        assert upsert_prices(session, ticker="B", rows=rows, source="s") == UpsertCounts(6, 0, 0)
+    with session_scope(engine) as session:
+        assert len(read_prices(session, ticker="A")) == 8
+        assert upsert_prices(session, ticker="A", rows=rows[1:], source="s") == UpsertCounts(
+            0, 0, 5
+        )
+
+
 def test_floats_are_stored_bit_for_bit(engine) -> None:
     awkward = [0.1 + 0.2, 1 / 3, 123456.789e-7, 5e-324 * 1e300, math.pi * 1e12]
     rows = [
