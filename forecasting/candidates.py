@@ -243,6 +243,7 @@ class FreshLSTM(LSTMForecaster):
             epochs=self.config.epochs,
             batch_size=self.config.batch_size,
             seed=self.seed,
+            loss=self.config.loss,
         )
         self.model = model
         self.metadata = ModelMetadata(
@@ -348,6 +349,7 @@ class RetrainLSTM(LSTMForecaster):
             epochs=self.epochs if len(new) else 0,
             batch_size=self.config.batch_size,
             seed=self.seed,
+            loss=self.config.loss,
         )
         self.steps.append(
             {

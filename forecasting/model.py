@@ -7,6 +7,7 @@ this module (e.g. for LSTMConfig) stays cheap.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from forecasting.windows import NORMALISATIONS
 
 if TYPE_CHECKING:
     import keras
+
+LOSSES: tuple[str, ...] = ("mse", "mae", "huber")
 
 #: Training steps run per call into TensorFlow: fewer Python round trips for a tiny network.
 STEPS_PER_EXECUTION = 16
@@ -36,13 +39,17 @@ class LSTMConfig:
     learning_rate: float = 1e-3
     epochs: int = 100
     batch_size: int = 32
+    members: int = 1
+    loss: str = "mse"
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(
                 f"unknown normalisation {self.normalisation!r}; choose from {NORMALISATIONS}"
             )
-        for name in ("window_weeks", "units", "layers", "epochs", "batch_size"):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose from {LOSSES}")
+        for name in ("window_weeks", "units", "layers", "epochs", "batch_size", "members"):
             if getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -77,18 +84,31 @@ def seed_everything(seed: int) -> None:
 
 
 def build_lstm(config: LSTMConfig, *, seed: int) -> keras.Model:
-    """LSTM layer(s) of `units` over the window's weeks (7 closes each) -> Dense(7)."""
+    """LSTM layer(s) of `units` over the window's weeks (7 closes each) -> Dense(7).
+
+    With `members` > 1, that many such branches side by side, their outputs averaged.
+    """
     import keras
 
     seed_everything(seed)
     inputs = keras.Input(shape=(config.window_weeks, DAYS_PER_WEEK), name="weeks")
-    x = inputs
-    for layer in range(config.layers):
-        last = layer == config.layers - 1
-        x = keras.layers.LSTM(config.units, return_sequences=not last, name=f"lstm_{layer}")(x)
-        if config.dropout:
-            x = keras.layers.Dropout(config.dropout, seed=seed)(x)
-    outputs = keras.layers.Dense(DAYS_PER_WEEK, activation=config.activation, name="next_week")(x)
+    heads = []
+    for member in range(config.members):
+        prefix = "" if config.members == 1 else f"m{member}_"
+        x = inputs
+        for layer in range(config.layers):
+            last = layer == config.layers - 1
+            x = keras.layers.LSTM(
+                config.units, return_sequences=not last, name=f"{prefix}lstm_{layer}"
+            )(x)
+            if config.dropout:
+                x = keras.layers.Dropout(config.dropout, seed=seed + member)(x)
+        heads.append(
+            keras.layers.Dense(
+                DAYS_PER_WEEK, activation=config.activation, name=f"{prefix}next_week"
+            )(x)
+        )
+    outputs = heads[0] if len(heads) == 1 else keras.layers.Average(name="next_week")(heads)
     return keras.Model(inputs, outputs, name="weekly_lstm")
 
 
@@ -101,6 +121,7 @@ def train(
     epochs: int,
     batch_size: int,
     seed: int,
+    loss: str = "mse",
 ) -> float:
     """Fit `model` in place (MSE, RMSprop at `learning_rate`); returns the seconds it took.
 
@@ -113,7 +134,7 @@ def train(
     seed_everything(seed)
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
-        loss="mse",
+        loss=loss,
         steps_per_execution=STEPS_PER_EXECUTION,
     )
     started = time.perf_counter()
@@ -130,12 +151,48 @@ def train(
     return time.perf_counter() - started
 
 
-_ACTIVATIONS = {
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda z: z,
     "tanh": np.tanh,
-    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+    "sigmoid": _sigmoid,
     "relu": lambda z: np.maximum(z, 0.0),
 }
+
+
+def _lstm_forward(layer: keras.layers.Layer, x: np.ndarray) -> np.ndarray:
+    config = layer.get_config()
+    kernel, recurrent, bias = (w.astype("float64") for w in layer.get_weights())
+    units = config["units"]
+    h = np.zeros((len(x), units))
+    c = np.zeros((len(x), units))
+    outputs = []
+    for step in range(x.shape[1]):
+        # Keras packs the gates as input, forget, cell, output.
+        z = x[:, step] @ kernel + h @ recurrent + bias
+        i, f, g, o = (z[:, k * units : (k + 1) * units] for k in range(4))
+        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+        h = _sigmoid(o) * np.tanh(c)
+        outputs.append(h)
+    return np.stack(outputs, axis=1) if config["return_sequences"] else h
+
+
+def _supported(layer: keras.layers.Layer) -> bool:
+    kind, config = type(layer).__name__, layer.get_config()
+    if kind in ("InputLayer", "Dropout", "Average"):
+        return True
+    if kind == "LSTM":
+        return (
+            config["activation"] == "tanh"
+            and config["recurrent_activation"] == "sigmoid"
+            and config["use_bias"]
+            and not config["go_backwards"]
+            and not config["return_state"]
+        )
+    return kind == "Dense" and config["activation"] in _ACTIVATIONS and config["use_bias"]
 
 
 def _numpy_forward(model: keras.Model, inputs: np.ndarray) -> np.ndarray | None:
@@ -144,35 +201,28 @@ def _numpy_forward(model: keras.Model, inputs: np.ndarray) -> np.ndarray | None:
     TensorFlow spends most of a second setting up one small LSTM call; these few matrix
     products take milliseconds and give the same numbers (float64, so within float32 noise).
     """
-    x = inputs.astype("float64")
-    for layer in model.layers:
+    if not all(_supported(layer) for layer in model.layers) or len(model.inputs) != 1:
+        return None
+    values = {id(model.inputs[0]): inputs.astype("float64")}
+    for layer in model.layers:  # in graph order: every input is computed before it is used
         kind = type(layer).__name__
-        config = layer.get_config()
-        if kind in ("InputLayer", "Dropout"):
-            continue  # dropout is off at inference
-        if kind == "LSTM":
-            if config["activation"] != "tanh" or config["recurrent_activation"] != "sigmoid":
-                return None
-            if config["go_backwards"] or not config["use_bias"]:
-                return None
-            kernel, recurrent, bias = (w.astype("float64") for w in layer.get_weights())
-            units = config["units"]
-            h = np.zeros((len(x), units))
-            c = np.zeros((len(x), units))
-            outputs = []
-            for step in range(x.shape[1]):
-                z = x[:, step] @ kernel + h @ recurrent + bias
-                i, f, g, o = (z[:, k * units : (k + 1) * units] for k in range(4))
-                c = _ACTIVATIONS["sigmoid"](f) * c + _ACTIVATIONS["sigmoid"](i) * np.tanh(g)
-                h = _ACTIVATIONS["sigmoid"](o) * np.tanh(c)
-                outputs.append(h)
-            x = np.stack(outputs, axis=1) if config["return_sequences"] else h
-        elif kind == "Dense" and config["activation"] in _ACTIVATIONS and config["use_bias"]:
-            kernel, bias = (w.astype("float64") for w in layer.get_weights())
-            x = _ACTIVATIONS[config["activation"]](x @ kernel + bias)
-        else:
+        if kind == "InputLayer":
+            continue
+        sources = layer.input if isinstance(layer.input, list) else [layer.input]
+        if any(id(source) not in values for source in sources):
             return None
-    return x
+        x = [values[id(source)] for source in sources]
+        if kind == "Dropout":  # off at inference
+            out = x[0]
+        elif kind == "Average":
+            out = np.mean(x, axis=0)
+        elif kind == "LSTM":
+            out = _lstm_forward(layer, x[0])
+        else:
+            kernel, bias = (w.astype("float64") for w in layer.get_weights())
+            out = _ACTIVATIONS[layer.get_config()["activation"]](x[0] @ kernel + bias)
+        values[id(layer.output)] = out
+    return values.get(id(model.outputs[0]))
 
 
 def predict_relative(model: keras.Model, inputs: np.ndarray) -> np.ndarray:

@@ -193,8 +193,12 @@ def test_backtest_with_lstms_is_blind_to_later_rows(
 
 @pytest.mark.parametrize(
     "config",
-    [TINY, LSTMConfig(window_weeks=4, units=5, layers=2, dropout=0.2, activation="tanh")],
-    ids=["default", "stacked"],
+    [
+        TINY,
+        LSTMConfig(window_weeks=4, units=5, layers=2, dropout=0.2, activation="tanh"),
+        LSTMConfig(window_weeks=4, units=3, members=3),
+    ],
+    ids=["default", "stacked", "averaged-members"],
 )
 def test_fast_inference_matches_keras(config: LSTMConfig):
     from forecasting.model import build_lstm, predict_relative
