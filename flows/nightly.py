@@ -17,12 +17,12 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from flows.promotion import (
     AppliedDecision,
-    Decision,
     Score,
     TrainedCandidate,
     apply_decision,
@@ -44,6 +44,7 @@ from pricecast.settings import Settings, get_settings
 MIN_TRAINING_WINDOWS = 12
 IO_RETRIES = 2
 SUNDAY = 6
+DAYS = 7
 IO_RETRY_DELAYS = [1.0, 4.0]
 
 
@@ -214,6 +215,8 @@ def _six_days() -> Any:
 
 
 # --- tasks: thin wrappers, retries only where I/O can fail transiently --------------------------
+# Large values (the closes, the training result) travel wrapped in `quote`, so Prefect does not
+# walk them element by element looking for futures (seconds per night otherwise).
 
 
 def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -231,62 +234,41 @@ def io_task(name: str) -> Any:
     )
 
 
-def compute_task(name: str) -> Any:
-    return task(name=name, cache_policy=NO_CACHE)
-
-
 @io_task("ingest")
 def ingest_prices(database_url: str, ticker: str, source: str, as_of: dt.date) -> dict[str, Any]:
     from flows.ingest import ingest
 
-    summary = ingest(database_url=database_url, ticker=ticker, source=source, as_of=as_of)
-    return _summary_dict(summary)
+    return ingest(database_url=database_url, ticker=ticker, source=source, as_of=as_of).to_dict()
 
 
-def _summary_dict(summary: Any) -> dict[str, Any]:
-    if hasattr(summary, "to_dict"):
-        return dict(summary.to_dict())
-    if hasattr(summary, "__dataclass_fields__"):
-        from dataclasses import asdict
+@io_task("read prices")
+def read_prices(engine: Engine, ticker: str, as_of: dt.date) -> tuple[list[Any], Any]:
+    """The stored closes up to as_of, and their ISO weeks."""
+    import pandas as pd
 
-        return {
-            k: (v.isoformat() if isinstance(v, dt.date) else v)
-            for k, v in asdict(summary).items()
-            if not isinstance(v, list | tuple)
-        }
-    return {"summary": str(summary)}
-
-
-@io_task("read closes")
-def read_history(engine: Engine, ticker: str, as_of: dt.date) -> list[tuple[dt.date, float]]:
+    from forecasting.weeks import group_iso_weeks
     from storage.db import session_scope
     from storage.prices import read_closes
 
     with session_scope(engine) as session:
-        return read_closes(session, ticker=ticker, as_of=as_of)
+        closes = read_closes(session, ticker=ticker, as_of=as_of)
+    daily = pd.DataFrame(closes, columns=["date", "close"])
+    return closes, group_iso_weeks(daily, as_of)
 
 
-@compute_task("rebuild weeks")
-def rebuild_weeks(closes: Sequence[tuple[dt.date, float]], as_of: dt.date) -> Any:
-    import pandas as pd
-
-    from forecasting.weeks import group_iso_weeks
-
-    daily = pd.DataFrame(list(closes), columns=["date", "close"])
-    return group_iso_weeks(daily, as_of)
-
-
-@io_task("begin night")
-def begin_night(
+@io_task("plan night")
+def plan_night(
     engine: Engine,
+    tracker: Tracker,
     ticker: str,
     as_of: dt.date,
     latest_complete: dt.date | None,
     flow_run_id: str | None,
 ) -> dict[str, Any]:
-    """Open the night's row; return what the training decision needs from earlier nights."""
+    """Open the night's row; gather what the decisions need: earlier nights, the champion,
+    whether tonight's forecast is already stored."""
     from storage.db import session_scope
-    from storage.runs import begin_run, last_trained_run
+    from storage.runs import begin_run, forecasts_for, last_trained_run
 
     with session_scope(engine) as session:
         begin_run(
@@ -297,16 +279,13 @@ def begin_night(
             flow_run_id=flow_run_id,
         )
         last = last_trained_run(session, ticker=ticker, as_of=as_of)
-        return {
-            "last_trained_as_of": last.as_of if last else None,
-            "last_trained_week": last.last_complete_week if last else None,
-            "last_trained_had_champion": bool(last and last.champion_version is not None),
-        }
-
-
-@io_task("look up champion")
-def look_up_champion(tracker: Tracker, ticker: str) -> ChampionRef | None:
-    return tracker.champion(ticker)
+        stored_forecast = len(forecasts_for(session, ticker=ticker, as_of=as_of))
+    return {
+        "last_trained_week": last.last_complete_week if last else None,
+        "last_trained_had_champion": bool(last and last.champion_version is not None),
+        "stored_forecast_days": stored_forecast,
+        "champion": tracker.champion(ticker),
+    }
 
 
 @io_task("start MLflow run")
@@ -328,7 +307,7 @@ def start_mlflow_run(
     return experiment_id, run_id
 
 
-@compute_task("train and score (child process)")
+@task(name="train and score (child process)", cache_policy=NO_CACHE)
 def train_and_score(
     job: TrainingJob, closes: Sequence[tuple[dt.date, float]], settings: Settings
 ) -> TrainingResult:
@@ -345,8 +324,11 @@ def train_and_score(
         )
 
 
-@compute_task("promotion gate")
-def gate(result: TrainingResult, champion: ChampionRef | None, margin: float) -> Decision:
+def promotion_scores(
+    result: TrainingResult,
+) -> tuple[list[Score], Score | None, Score]:
+    """(candidates, champion, naive) scores from the training result."""
+
     def score(name: str) -> Score | None:
         model = result.model(name)
         if model is None or model.mape is None or model.rmse is None:
@@ -354,29 +336,33 @@ def gate(result: TrainingResult, champion: ChampionRef | None, margin: float) ->
         return Score(name, model.mape, model.rmse)
 
     naive = score("naive")
-    assert naive is not None, "naive is always scored"
+    if naive is None:
+        raise RuntimeError("naive was not scored; the training result is incomplete")
     candidates = [s for m in result.models if m.role == "candidate" if (s := score(m.name))]
-    return decide_promotion(
-        candidates,
-        champion=score("champion") if champion is not None else None,
-        naive=naive,
-        margin=margin,
-        champion_version=champion.version if champion else None,
-    )
+    return candidates, score("champion"), naive
 
 
-@task(name="apply decision", cache_policy=NO_CACHE)
-def apply_gate(
+@task(name="promotion gate", cache_policy=NO_CACHE)
+def promote_if_better(
     tracker: Tracker,
     engine: Engine,
     ticker: str,
     as_of: dt.date,
-    decision: Decision,
     result: TrainingResult,
     champion: ChampionRef | None,
     parent_run_id: str,
+    margin: float,
 ) -> AppliedDecision:
-    # No retries: a half-applied attempt is rolled back and the rerun of the night redoes it.
+    """Decide (pure) and apply: versions, audit row, alias. No retries: a half-applied attempt
+    is rolled back, and rerunning the night redoes it."""
+    candidates, champion_score, naive = promotion_scores(result)
+    decision = decide_promotion(
+        candidates,
+        champion=champion_score,
+        naive=naive,
+        margin=margin,
+        champion_version=champion.version if champion else None,
+    )
     trained = [
         TrainedCandidate(
             name=m.name,
@@ -389,7 +375,6 @@ def apply_gate(
         for m in result.models
         if m.role == "candidate" and m.model_uri
     ]
-    run_ids = {"parent": parent_run_id, **{m.name: m.run_id for m in result.models}}
     return apply_decision(
         tracker=tracker,
         engine=engine,
@@ -399,7 +384,7 @@ def apply_gate(
         trained=trained,
         champion=champion,
         training_cutoff=dt.date.fromisoformat(result.train_until) if result.train_until else None,
-        run_ids=run_ids,
+        run_ids={"parent": parent_run_id, **{m.name: m.run_id for m in result.models}},
     )
 
 
@@ -444,8 +429,7 @@ def score_past_forecasts(
         record_actuals(session, ticker=ticker, as_of=as_of, actuals=dict(closes))
         weeks_scored = 0
         for night, rows in complete_unscored_forecasts(session, ticker=ticker).items():
-            pairs = [(r.actual_close or 0.0, r.predicted_close) for r in rows]
-            scores = realised_accuracy(pairs)
+            scores = realised_accuracy([(r.actual_close or 0.0, r.predicted_close) for r in rows])
             add_forecast_score(
                 session,
                 ticker=ticker,
@@ -462,40 +446,14 @@ def score_past_forecasts(
     return {**realised_accuracy(pairs), "weeks_scored_tonight": weeks_scored}
 
 
-@io_task("existing forecast")
-def existing_forecast(engine: Engine, ticker: str, as_of: dt.date) -> int:
-    from storage.db import session_scope
-    from storage.runs import forecasts_for
-
-    with session_scope(engine) as session:
-        return len(forecasts_for(session, ticker=ticker, as_of=as_of))
-
-
-@io_task("finish night")
-def finish_night(
-    engine: Engine,
-    ticker: str,
-    as_of: dt.date,
-    champion_version: int | None,
-    timings: Mapping[str, Any],
-    mlflow_run_id: str | None,
+@io_task("record night")
+def record_night(
+    engine: Engine, tracker: Tracker, parent_run_id: str, result: Mapping[str, Any]
 ) -> None:
+    """The night's summary on its MLflow parent run, then the night marked done."""
     from storage.db import session_scope
     from storage.runs import finish_run
 
-    with session_scope(engine) as session:
-        finish_run(
-            session,
-            ticker=ticker,
-            as_of=as_of,
-            champion_version=champion_version,
-            timings=timings,
-            mlflow_run_id=mlflow_run_id,
-        )
-
-
-@io_task("log summary to MLflow")
-def log_summary(tracker: Tracker, run_id: str, result: Mapping[str, Any]) -> None:
     metrics: dict[str, float] = {}
     for c in result.get("candidates", []):
         metrics[f"{c['name']}_mape"] = c["mape"]
@@ -510,7 +468,7 @@ def log_summary(tracker: Tracker, run_id: str, result: Mapping[str, Any]) -> Non
             metrics[key] = timings[key]
     decision = result.get("decision") or {}
     tracker.log_summary(
-        run_id,
+        parent_run_id,
         metrics=metrics,
         tags={
             "trained": result["trained"],
@@ -519,7 +477,16 @@ def log_summary(tracker: Tracker, run_id: str, result: Mapping[str, Any]) -> Non
             "champion_version": result.get("champion_version"),
         },
     )
-    tracker.end_run(run_id)
+    tracker.end_run(parent_run_id)
+    with session_scope(engine) as session:
+        finish_run(
+            session,
+            ticker=result["ticker"],
+            as_of=dt.date.fromisoformat(result["as_of"]),
+            champion_version=result.get("champion_version"),
+            timings=timings,
+            mlflow_run_id=parent_run_id,
+        )
 
 
 def _artifact_key(ticker: str) -> str:
@@ -701,41 +668,43 @@ def _locked_night(
             # A week completes tonight, so training is likely: let the worker import
             # TensorFlow while this process ingests and plans.
             _prewarm(settings)
+        # 1. ingest up to as_of
         if night.source:
             result["ingest"] = ingest_prices(
                 settings.resolved_database_url, ticker, night.source, as_of
             )
         mark = night.lap("ingest_seconds", mark)
-        closes = read_history(engine, ticker, as_of)
-        weeks = rebuild_weeks(closes, as_of)
+        # 2. weeks as of as_of
+        closes, weeks = read_prices(engine, ticker, as_of)
         latest = last_complete_week(weeks, as_of)
         mark = night.lap("read_seconds", mark)
-
-        history = begin_night(engine, ticker, as_of, latest, flow_run_id)
-        begun = True
-        champion = look_up_champion(tracker, ticker)
-        needed_window = window or _champion_window(champion) or 40
+        # 3. decide whether to train (and whether a forecast is due)
+        begun = True  # from here on the night has a row to mark failed
+        context = plan_night(engine, tracker, ticker, as_of, latest, flow_run_id)
+        champion: ChampionRef | None = context["champion"]
         plan = (
             decide_training(
                 force=force,
                 latest_complete=latest,
                 has_champion=champion is not None,
-                last_trained_week=history["last_trained_week"],
-                last_trained_had_champion=history["last_trained_had_champion"],
+                last_trained_week=context["last_trained_week"],
+                last_trained_had_champion=context["last_trained_had_champion"],
                 available_windows=training_windows_available(
-                    weeks, as_of, window_weeks=needed_window
+                    weeks, as_of, window_weeks=window or _champion_window(champion) or 40
                 ),
                 needed_windows=holdout + MIN_TRAINING_WINDOWS,
             )
             if strategies
             else TrainingPlan(False, "no strategies to train")
         )
-        result["trained"] = plan.train
-        result["train_reason"] = plan.reason
-        result["latest_complete_week"] = latest.isoformat() if latest else None
         due = forecast_week_due(latest, as_of)
-        if due is not None and existing_forecast(engine, ticker, as_of) == 7:
+        if due is not None and context["stored_forecast_days"] == DAYS:
             due = None  # a rerun: tonight's forecast is already stored
+        result.update(
+            trained=plan.train,
+            train_reason=plan.reason,
+            latest_complete_week=latest.isoformat() if latest else None,
+        )
         fingerprint = data_fingerprint(closes)
         experiment_id, parent_run_id = start_mlflow_run(
             tracker,
@@ -760,12 +729,12 @@ def _locked_night(
         }
         mark = night.lap("plan_seconds", mark)
 
-        training: TrainingResult | None = None
-        applied: AppliedDecision | None = None
-        job_base = dict(
+        # 4.-6. train in the child, score everyone on the same weeks, log, gate
+        job = TrainingJob(
             ticker=ticker,
             as_of=as_of.isoformat(),
             holdout_weeks=holdout,
+            strategies=list(strategies) if plan.train else [],
             seed=seed,
             tracking_uri=tracker.tracking_uri,
             experiment_id=experiment_id,
@@ -777,23 +746,27 @@ def _locked_night(
             champion_version=champion.version if champion else None,
             champion_metadata=champion.metadata if champion else {},
             forecast_week=due.isoformat() if due else None,
+            score=plan.train,
         )
-        if plan.train:
-            job = TrainingJob(strategies=list(strategies), score=True, **job_base)
-            training = train_and_score(job, closes, settings)
+        training: TrainingResult | None = None
+        applied: AppliedDecision | None = None
+        if plan.train or (due is not None and champion is not None):
+            # Without training, the child only forecasts with the champion (TensorFlow).
+            training = train_and_score(job, quote(closes), settings)
             mark = night.lap("child_seconds", mark)
-            decision = gate(training, champion, settings.promotion_margin)
-            applied = apply_gate(
-                tracker, engine, ticker, as_of, decision, training, champion, parent_run_id
+        if plan.train and training is not None:
+            applied = promote_if_better(
+                tracker,
+                engine,
+                ticker,
+                as_of,
+                quote(training),
+                champion,
+                parent_run_id,
+                settings.promotion_margin,
             )
             mark = night.lap("promote_seconds", mark)
             result.update(_training_summary(training, applied))
-        elif due is not None and champion is not None:
-            # Not training tonight but a forecast is due: only the champion needs TensorFlow.
-            job = TrainingJob(strategies=[], score=False, **job_base)
-            training = train_and_score(job, closes, settings)
-            mark = night.lap("child_seconds", mark)
-
         champion_version = (
             applied.champion_version
             if applied is not None
@@ -802,22 +775,24 @@ def _locked_night(
             else None
         )
         result["champion_version"] = champion_version
+
+        # 7. forecast next week when a week has just completed
         if due is not None:
             result["forecast"] = _forecast(
                 engine, weeks, ticker, as_of, due, applied, champion, training
             )
         mark = night.lap("forecast_seconds", mark)
-        result["realised"] = score_past_forecasts(engine, ticker, as_of, closes)
+        # 8. score earlier forecasts whose dates now have actual closes
+        result["realised"] = score_past_forecasts(engine, ticker, as_of, quote(closes))
         mark = night.lap("score_seconds", mark)
 
-        child = training.timings if training else {}
         night.timings["train_seconds"] = round(training.train_seconds, 3) if training else 0.0
-        night.timings.update({f"child_{k}": round(v, 3) for k, v in child.items()})
+        if training is not None:
+            night.timings.update({f"child_{k}": round(v, 3) for k, v in training.timings.items()})
         night.timings["total_seconds"] = round(time.perf_counter() - night.started, 3)
         result["timings"] = dict(night.timings)
-        log_summary(tracker, parent_run_id, result)
-        publish_report(result)
-        finish_night(engine, ticker, as_of, champion_version, result["timings"], parent_run_id)
+        publish_report(quote(result))
+        record_night(engine, tracker, parent_run_id, quote(result))
         result["timings"]["total_seconds"] = round(time.perf_counter() - night.started, 3)
         return result
     except BaseException as exc:

@@ -412,6 +412,7 @@ def log_candidate_run(
     plot: Callable[[Path], None] | None,
     keras_model: Any | None = None,
     input_example: Any | None = None,
+    output_example: Any | None = None,
     model_metadata: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> LoggedCandidate:
@@ -430,22 +431,17 @@ def log_candidate_run(
                 tags={"pricecast.role": role, "candidate": name, **(tags or {})},
             ) as run,
         ):
-            mlflow.log_params({k: _param(v) for k, v in params.items()})
-            mlflow.log_metrics(dict(metrics))
-            for key, values in weekly_metrics.items():
-                for step, value in enumerate(values):
-                    mlflow.log_metric(key, float(value), step=step)
+            _log_values(tracking_uri, run.info.run_id, params, metrics, weekly_metrics)
             with tempfile.TemporaryDirectory(prefix="pricecast-") as tmp:
-                csv_path = Path(tmp) / "predictions.csv"
-                csv_path.write_text(predictions_csv)
-                mlflow.log_artifact(str(csv_path))
+                (Path(tmp) / "predictions.csv").write_text(predictions_csv)
                 if plot is not None:
-                    png = Path(tmp) / "forecast_vs_actual.png"
-                    plot(png)
-                    mlflow.log_artifact(str(png))
+                    plot(Path(tmp) / "forecast_vs_actual.png")
+                mlflow.log_artifacts(tmp)
             if keras_model is None:
                 return LoggedCandidate(run_id=run.info.run_id)
-            info = _log_keras(keras_model, input_example, model_metadata or {}, params)
+            info = _log_keras(
+                keras_model, input_example, output_example, model_metadata or {}, params
+            )
             return LoggedCandidate(
                 run_id=run.info.run_id, model_uri=info.model_uri, model_id=info.model_id
             )
@@ -460,11 +456,36 @@ def _param(value: Any) -> str:
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 
-def _log_keras(model: Any, input_example: Any, metadata: Mapping[str, Any], params: Any) -> Any:
+def _log_values(
+    tracking_uri: str,
+    run_id: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    weekly_metrics: Mapping[str, Sequence[float]],
+) -> None:
+    """Params, metrics and per-week metrics (with `step`) in one request, not one per value."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for key, series in weekly_metrics.items():
+        values += [Metric(key, float(v), now, step) for step, v in enumerate(series)]
+    MlflowClient(tracking_uri=tracking_uri).log_batch(
+        run_id,
+        metrics=values,
+        params=[Param(k, _param(v)) for k, v in params.items()],
+    )
+
+
+def _log_keras(
+    model: Any, input_example: Any, output_example: Any, metadata: Mapping[str, Any], params: Any
+) -> Any:
     import mlflow.keras
     from mlflow.models import infer_signature
 
-    signature = infer_signature(input_example, _predict(model, input_example))
+    # The signature comes from arrays we already have: no extra forward pass through the model.
+    signature = infer_signature(input_example, output_example)
     # Explicit requirements: MLflow would otherwise start a subprocess to infer them (seconds).
     requirements = mlflow.keras.get_default_pip_requirements()
     return mlflow.keras.log_model(
@@ -475,12 +496,6 @@ def _log_keras(model: Any, input_example: Any, metadata: Mapping[str, Any], para
         metadata={k: str(v) for k, v in metadata.items()},
         params={k: _param(v) for k, v in params.items()},
     )
-
-
-def _predict(model: Any, inputs: Any) -> Any:
-    import numpy as np
-
-    return np.asarray(model(inputs, training=False))
 
 
 def load_keras_model(tracking_uri: str, model_uri: str) -> Any:

@@ -253,6 +253,7 @@ def run_in_child(
         raise _child_error(payload, int(done.get("code", 1)), log)
     timings = dict(payload["timings"])
     timings["worker_rss_mb"] = float(done.get("rss_mb", 0.0))
+    timings["job_seconds"] = float(done.get("job_seconds", 0.0))
     timings["worker_jobs"] = float(worker.jobs)
     ready = worker.ready_info or {}
     if ready.pop("started_for_this_job", False):
@@ -282,30 +283,26 @@ def _child_error(payload: Mapping[str, Any] | None, code: int, log: Path) -> Exc
 # --- child side ---------------------------------------------------------------------------------
 
 
-def _candidates(job: TrainingJob, champion: Any) -> list[Any]:
+def _config(job: TrainingJob) -> Any:
     from forecasting import model as lstm
+
+    return lstm.LSTMConfig().with_overrides(epochs=job.epochs, window_weeks=job.window_weeks)
+
+
+def _candidate(job: TrainingJob, strategy: str, champion: Any) -> Any:
     from forecasting.candidates import FreshLSTM, RetrainLSTM
 
-    config = lstm.LSTMConfig().with_overrides(epochs=job.epochs, window_weeks=job.window_weeks)
-    built = []
-    for strategy in job.strategies:
-        if strategy == "fresh":
-            built.append(FreshLSTM(config, seed=job.seed, ticker=job.ticker))
-        elif strategy == "retrain":
-            built.append(
-                RetrainLSTM(
-                    base=champion,
-                    config=config,
-                    epochs=job.epochs,
-                    seed=job.seed,
-                    ticker=job.ticker,
-                )
-            )
-        else:
-            raise errors.ConfigError(
-                f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}"
-            )
-    return built
+    if strategy == "fresh":
+        return FreshLSTM(_config(job), seed=job.seed, ticker=job.ticker)
+    if strategy == "retrain":
+        return RetrainLSTM(
+            base=champion,
+            config=_config(job),
+            epochs=job.epochs,
+            seed=job.seed,
+            ticker=job.ticker,
+        )
+    raise errors.ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
 
 
 def _predictions_csv(held_out: Any, actuals: Any, predictions: Any) -> str:
@@ -327,6 +324,7 @@ def _plotter(name: str, held_out: Any, actuals: Any, predictions: Any) -> Any:
         import matplotlib
 
         matplotlib.use("Agg")
+        import matplotlib.dates
         import matplotlib.pyplot as plt
         import pandas as pd
 
@@ -337,9 +335,11 @@ def _plotter(name: str, held_out: Any, actuals: Any, predictions: Any) -> Any:
         ax.set_title(f"{name}: forecast vs actual on the held-out weeks")
         ax.set_ylabel("close (USD)")
         ax.legend()
-        fig.autofmt_xdate()
-        fig.tight_layout()
-        fig.savefig(path, dpi=80)
+        # Few fixed ticks: automatic date locators and tight_layout cost more than the plot.
+        ax.set_xticks(days[:: max(len(days) // 6, 1)])
+        ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d"))
+        fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.12)
+        fig.savefig(path, dpi=72)
         plt.close(fig)
 
     return plot
@@ -352,172 +352,215 @@ def _flat_params(description: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def execute(job: TrainingJob, workdir: Path) -> dict[str, Any]:
-    """The child's work; returns the JSON-able result (see TrainingResult)."""
-    started = time.perf_counter()
+def _load_champion(job: TrainingJob) -> Any:
+    from flows import tracking
+    from forecasting.candidates import from_keras
+
+    keras_model = tracking.load_keras_model(job.tracking_uri, job.champion_uri or "")
+    return from_keras(keras_model, job.champion_metadata, name="champion")
+
+
+def _outcome(
+    job: TrainingJob, weeks: Any, result: Any, outcome: Any, forecaster: Any, role: str
+) -> dict[str, Any]:
+    """Log one scored model as a nested MLflow run (with its model if trained tonight) and
+    forecast next week with it; returns the ModelOutcome as a dict."""
     import numpy as np
     import pandas as pd
 
     from flows import tracking
+    from forecasting.candidates import LSTMForecaster
+    from forecasting.windows import make_windows
+
+    next_week = None
+    if job.forecast_week:
+        next_week = forecaster.predict(weeks, [pd.Timestamp(job.forecast_week)])[0].tolist()
+    trained = isinstance(forecaster, LSTMForecaster) and role == "candidate"
+    metadata = forecaster.metadata.to_dict() if trained and forecaster.metadata else {}
+    held_out = result.held_out_weeks
+    params = {
+        **_flat_params(outcome.description),
+        "as_of": job.as_of,
+        "data_fingerprint": job.fingerprint,
+        "held_out_first_week": held_out[0].date().isoformat(),
+        "held_out_last_week": held_out[-1].date().isoformat(),
+        "holdout_weeks": job.holdout_weeks,
+    }
+    if role == "champion":
+        params["champion_version"] = job.champion_version
+    input_example = output_example = None
+    if trained:
+        config = forecaster.metadata.config
+        window = make_windows(
+            weeks,
+            held_out[:1],
+            window_weeks=config.window_weeks,
+            normalisation=config.normalisation,
+        )
+        input_example = window.inputs.astype("float32")
+        # The model's output for that window, relative to the last close (as it predicts).
+        output_example = (outcome.predictions[:1] / window.base_closes[:, None] - 1.0).astype(
+            "float32"
+        )
+    logged = tracking.log_candidate_run(
+        tracking_uri=job.tracking_uri,
+        experiment_id=job.experiment_id,
+        parent_run_id=job.parent_run_id,
+        name=outcome.name,
+        role=role,
+        params=params,
+        metrics={
+            "rmse": outcome.rmse,
+            "mape": outcome.mape,
+            "train_seconds": outcome.train_seconds,
+        },
+        weekly_metrics={
+            "weekly_rmse": outcome.weekly_rmse.tolist(),
+            "weekly_mape": outcome.weekly_mape.tolist(),
+        },
+        predictions_csv=_predictions_csv(held_out, result.actuals, outcome.predictions),
+        # Plots for tonight's candidates; the champion and naive get the CSV (plots cost).
+        plot=_plotter(outcome.name, held_out, result.actuals, outcome.predictions)
+        if role == "candidate"
+        else None,
+        keras_model=forecaster.model if trained else None,
+        input_example=input_example,
+        output_example=output_example,
+        model_metadata=metadata,
+        tags={"as_of": job.as_of, "ticker": job.ticker},
+    )
+    return asdict(
+        ModelOutcome(
+            name=outcome.name,
+            role=role,
+            rmse=float(outcome.rmse),
+            mape=float(outcome.mape),
+            weekly_rmse=[float(x) for x in np.asarray(outcome.weekly_rmse)],
+            weekly_mape=[float(x) for x in np.asarray(outcome.weekly_mape)],
+            train_seconds=float(outcome.train_seconds),
+            predict_seconds=float(outcome.predict_seconds),
+            params={k: str(v) for k, v in params.items()},
+            metadata={k: str(v) for k, v in metadata.items()},
+            run_id=logged.run_id,
+            model_uri=logged.model_uri,
+            model_id=logged.model_id,
+            next_week=next_week,
+        )
+    )
+
+
+def _forecast_only(job: TrainingJob, weeks: Any) -> list[dict[str, Any]]:
+    """No training tonight: next week's closes from the champion (and naive)."""
+    import pandas as pd
+
+    from forecasting.baselines import Naive
+
+    models = []
+    champion = _load_champion(job) if job.champion_uri else None
+    for forecaster, role in (
+        (champion, "champion"),
+        (Naive().fit(weeks, train_until=None), "baseline"),
+    ):
+        if forecaster is None:
+            continue
+        next_week = None
+        if job.forecast_week:
+            next_week = forecaster.predict(weeks, [pd.Timestamp(job.forecast_week)])[0].tolist()
+        empty = ModelOutcome(
+            forecaster.name, role, None, None, [], [], 0.0, 0.0, {}, {}, None, None, None, next_week
+        )
+        models.append(asdict(empty))
+    return models
+
+
+def execute(job: TrainingJob, workdir: Path) -> dict[str, Any]:
+    """The child's work; returns the JSON-able result (see TrainingResult).
+
+    Pipelined on two helper threads so that waiting overlaps with training: the champion loads
+    from the registry while `fresh` trains (it does not need the champion), and each scored model
+    is logged to MLflow while the next one trains. Scores do not depend on this order: every
+    model is seeded and scored on the same held-out weeks.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+
     from forecasting.backtest import backtest
     from forecasting.baselines import Naive
-    from forecasting.candidates import LSTMForecaster, from_keras
     from forecasting.weeks import group_iso_weeks
 
-    timings: dict[str, float] = {"import_seconds": time.perf_counter() - started}
+    started = time.perf_counter()
     as_of = dt.date.fromisoformat(job.as_of)
-    daily = pd.read_pickle(workdir / CLOSES_FILE)
-    weeks = group_iso_weeks(daily, as_of)
-
-    mark = time.perf_counter()
-    champion = None
-    if job.champion_uri:
-        keras_model = tracking.load_keras_model(job.tracking_uri, job.champion_uri)
-        champion = from_keras(keras_model, job.champion_metadata, name="champion")
-    timings["load_champion_seconds"] = time.perf_counter() - mark
-    forecast_week = pd.Timestamp(job.forecast_week) if job.forecast_week else None
-
+    weeks = group_iso_weeks(pd.read_pickle(workdir / CLOSES_FILE), as_of)
+    timings: dict[str, float] = {}
     if not job.score:
-        models = []
-        for forecaster, role in (
-            (champion, "champion"),
-            (Naive().fit(weeks, train_until=None), "baseline"),
-        ):
-            if forecaster is None:
-                continue
-            next_week = None
-            if forecast_week is not None:
-                next_week = forecaster.predict(weeks, [forecast_week])[0].tolist()
-            models.append(
-                asdict(
-                    ModelOutcome(
-                        forecaster.name,
-                        role,
-                        None,
-                        None,
-                        [],
-                        [],
-                        0.0,
-                        0.0,
-                        {},
-                        {},
-                        None,
-                        None,
-                        None,
-                        next_week,
-                    )
-                )
-            )
+        models = _forecast_only(job, weeks)
         timings["total_seconds"] = time.perf_counter() - started
         return {"held_out_weeks": [], "train_until": None, "models": models, "timings": timings}
 
-    candidates = _candidates(job, champion)
-    scored: list[Any] = [*candidates]
-    if champion is not None:
-        scored.append(champion)
-    scored.append(Naive())
-    windows = [c.config.window_weeks for c in candidates if hasattr(c, "config")]
-    if champion is not None and champion.metadata is not None:
-        windows.append(champion.metadata.config.window_weeks)
-    mark = time.perf_counter()
-    result = backtest(
-        weeks,
-        as_of=as_of,
-        candidates=scored,
-        holdout_weeks=job.holdout_weeks,
-        window_weeks=max(windows) if windows else 40,
-    )
-    timings["backtest_seconds"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    by_name = {c.name: c for c in scored}
-    models = []
-    # An input example for the signature: the first held-out week's window.
-    for outcome in result.candidates:
-        forecaster = by_name[outcome.name]
-        role = (
-            "champion"
-            if forecaster is champion
-            else "candidate"
-            if forecaster in candidates
-            else "baseline"
+    unknown = [s for s in job.strategies if s not in STRATEGIES]
+    if unknown:
+        raise errors.ConfigError(
+            f"unknown strategy {unknown[0]!r}; choose from {', '.join(STRATEGIES)}"
         )
-        next_week = None
-        if forecast_week is not None:
-            next_week = forecaster.predict(weeks, [forecast_week])[0].tolist()
-        is_lstm = isinstance(forecaster, LSTMForecaster) and role == "candidate"
-        metadata = forecaster.metadata.to_dict() if is_lstm and forecaster.metadata else {}
-        params = {
-            **_flat_params(outcome.description),
-            "as_of": job.as_of,
-            "data_fingerprint": job.fingerprint,
-            "held_out_first_week": result.held_out_weeks[0].date().isoformat(),
-            "held_out_last_week": result.held_out_weeks[-1].date().isoformat(),
-            "holdout_weeks": job.holdout_weeks,
-        }
-        if role == "champion":
-            params["champion_version"] = job.champion_version
-        input_example = None
-        if is_lstm:
-            from forecasting.windows import make_windows
+    windows = [_config(job).window_weeks]
+    if job.champion_uri and "window_weeks" in job.champion_metadata:
+        windows.append(int(job.champion_metadata["window_weeks"]))
+    span = {"as_of": as_of, "holdout_weeks": job.holdout_weeks, "window_weeks": max(windows)}
+    independent = [s for s in job.strategies if s != "retrain"]
+    dependent = [s for s in job.strategies if s == "retrain"]
+    logged: dict[str, Any] = {}
+    held_out = None
+    with ThreadPoolExecutor(1) as loader, ThreadPoolExecutor(1) as logger:
+        champion_load = loader.submit(_load_champion, job) if job.champion_uri else None
 
-            cfg = forecaster.metadata.config
-            input_example = make_windows(
-                weeks,
-                result.held_out_weeks[:1],
-                window_weeks=cfg.window_weeks,
-                normalisation=cfg.normalisation,
-            ).inputs.astype("float32")
-        logged = tracking.log_candidate_run(
-            tracking_uri=job.tracking_uri,
-            experiment_id=job.experiment_id,
-            parent_run_id=job.parent_run_id,
-            name=outcome.name,
-            role=role,
-            params=params,
-            metrics={
-                "rmse": outcome.rmse,
-                "mape": outcome.mape,
-                "train_seconds": outcome.train_seconds,
-            },
-            weekly_metrics={
-                "weekly_rmse": outcome.weekly_rmse.tolist(),
-                "weekly_mape": outcome.weekly_mape.tolist(),
-            },
-            predictions_csv=_predictions_csv(
-                result.held_out_weeks, result.actuals, outcome.predictions
-            ),
-            plot=_plotter(outcome.name, result.held_out_weeks, result.actuals, outcome.predictions),
-            keras_model=forecaster.model if is_lstm else None,
-            input_example=input_example,
-            model_metadata=metadata,
-            tags={"as_of": job.as_of, "ticker": job.ticker},
-        )
-        models.append(
-            asdict(
-                ModelOutcome(
-                    name=outcome.name,
-                    role=role,
-                    rmse=float(outcome.rmse),
-                    mape=float(outcome.mape),
-                    weekly_rmse=[float(x) for x in np.asarray(outcome.weekly_rmse)],
-                    weekly_mape=[float(x) for x in np.asarray(outcome.weekly_mape)],
-                    train_seconds=float(outcome.train_seconds),
-                    predict_seconds=float(outcome.predict_seconds),
-                    params={k: str(v) for k, v in params.items()},
-                    metadata={k: str(v) for k, v in metadata.items()},
-                    run_id=logged.run_id,
-                    model_uri=logged.model_uri,
-                    model_id=logged.model_id,
-                    next_week=next_week,
-                )
+        def score(forecasters: list[Any], roles: dict[str, str]) -> Any:
+            mark = time.perf_counter()
+            result = backtest(weeks, candidates=forecasters, **span)
+            timings["backtest_seconds"] = timings.get("backtest_seconds", 0.0) + (
+                time.perf_counter() - mark
             )
-        )
-    timings["logging_seconds"] = time.perf_counter() - mark
+            by_name = {f.name: f for f in forecasters}
+            for outcome in result.candidates:
+                logged[outcome.name] = logger.submit(
+                    _outcome,
+                    job,
+                    weeks,
+                    result,
+                    outcome,
+                    by_name[outcome.name],
+                    roles[outcome.name],
+                )
+            return result
+
+        first = None
+        if independent:
+            first = score(
+                [_candidate(job, s, None) for s in independent],
+                dict.fromkeys(independent, "candidate"),
+            )
+        mark = time.perf_counter()
+        champion = champion_load.result() if champion_load is not None else None
+        timings["load_champion_wait_seconds"] = time.perf_counter() - mark
+        rest = [_candidate(job, s, champion) for s in dependent]
+        roles = dict.fromkeys(dependent, "candidate")
+        if champion is not None:
+            rest.append(champion)
+            roles["champion"] = "champion"
+        rest.append(Naive())
+        roles["naive"] = "baseline"
+        second = score(rest, roles)
+        if first is not None and not first.held_out_weeks.equals(second.held_out_weeks):
+            raise RuntimeError("the two scoring passes used different held-out weeks")
+        held_out = second
+        mark = time.perf_counter()
+        order = [*job.strategies, "champion", "naive"]
+        models = [logged[name].result() for name in order if name in logged]
+        timings["logging_wait_seconds"] = time.perf_counter() - mark
     timings["total_seconds"] = time.perf_counter() - started
     return {
-        "held_out_weeks": [w.date().isoformat() for w in result.held_out_weeks],
-        "train_until": result.train_until.date().isoformat(),
+        "held_out_weeks": [w.date().isoformat() for w in held_out.held_out_weeks],
+        "train_until": held_out.train_until.date().isoformat(),
         "models": models,
         "timings": timings,
     }
@@ -572,12 +615,20 @@ def serve(max_jobs: int, idle_seconds: float) -> int:
         line = sys.stdin.readline() if readable else ""
         if not line:
             break  # idle for too long, or the parent closed the pipe
+        started = time.perf_counter()
         code = _run_job(Path(json.loads(line)["workdir"]))
+        done = {
+            "done": True,
+            "code": code,
+            "rss_mb": _rss_mb(),
+            "job_seconds": time.perf_counter() - started,
+        }
+        protocol.write(json.dumps(done) + "\n")
+        # Clean up after answering: this overlaps with the flow's next steps.
         import keras
 
         keras.backend.clear_session()
         gc.collect()
-        protocol.write(json.dumps({"done": True, "code": code, "rss_mb": _rss_mb()}) + "\n")
     return 0
 
 
