@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from flows.ingest import ingest
 from flows.nightly import nightly
@@ -20,7 +20,14 @@ from pricecast.errors import LockTimeout, ServiceUnavailable
 from pricecast.settings import get_settings
 from storage.db import make_engine, session_scope
 from storage.prices import read_closes
-from storage.runs import Forecast, ForecastScore, NightlyRun, Promotion, get_run
+from storage.runs import (
+    Forecast,
+    ForecastScore,
+    NightlyRun,
+    Promotion,
+    forecasts_for,
+    get_run,
+)
 from tests.flows.nightly_data import (
     LEARNING_EPOCHS,
     NIGHT_1,
@@ -198,6 +205,23 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     with session_scope(engine) as session:
         run = get_run(session, ticker=ticker, as_of=NIGHT_2)
         assert run is not None and (run.status, run.attempts, run.trained) == ("done", 2, True)
+        stored = {
+            f.target_date: f.predicted_close
+            for f in forecasts_for(session, ticker=ticker, as_of=NIGHT_2)
+        }
+        # As if the first attempt had failed after the gate but before the forecast was stored.
+        session.execute(delete(Forecast).where(Forecast.as_of == NIGHT_2))
+
+    repaired = nightly(as_of=NIGHT_2, **params)
+
+    # No training, but the champion (loaded in the child) forecasts the same closes again.
+    assert not repaired["trained"]
+    assert repaired["forecast"]["model_version"] == second["champion_version"]
+    assert {
+        dt.date.fromisoformat(d["date"]): d["close"] for d in repaired["forecast"]["closes"]
+    } == pytest.approx(stored)
+    assert _count(on_postgres, Forecast, ticker=ticker) == 14
+    assert _count(on_postgres, Promotion, ticker=ticker) == 2
     engine.dispose()
 
 
