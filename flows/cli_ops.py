@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sys
 
 import typer
 
@@ -63,15 +65,18 @@ def backfill(
     """
     from flows.backfill import run_backfill
 
-    summary = run_backfill(
-        ticker=ticker,
-        source=source,
-        start=parse_date(start, "--start"),
-        end=parse_date(end, "--end"),
-        every=every,
-        seed=seed,
-        epochs=epochs,
-    )
+    # With --json, stdout carries only the JSON: libraries that print (MLflow writes run links
+    # to stdout when it talks to a server) are sent to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        summary = run_backfill(
+            ticker=ticker,
+            source=source,
+            start=parse_date(start, "--start"),
+            end=parse_date(end, "--end"),
+            every=every,
+            seed=seed,
+            epochs=epochs,
+        )
     if as_json:
         typer.echo(json.dumps(summary.to_json(), indent=2))
         return

@@ -370,8 +370,14 @@ def prefect_spec(state: State, layout: Layout) -> ServerSpec:
         str(find_venv_binary("prefect")), "server", "start",
         "--host", HOST, "--port", str(state.prefect_port),
     ]  # fmt: skip
+    api_url = f"http://{HOST}:{state.prefect_port}/api"
     env = {
         "PREFECT_HOME": str(layout.prefect_home),
+        # The UI asks the browser to call this URL; without it the UI assumes port 4200.
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(state.prefect_port),
         "PREFECT_API_DATABASE_CONNECTION_URL": state.database_url(
             "prefect", driver="postgresql+asyncpg"
         ),

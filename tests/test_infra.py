@@ -303,6 +303,10 @@ def test_make_up_nightly_visible_in_mlflow_and_prefect_then_make_down(pg_admin_e
         assert flow_run["state"]["type"] == "COMPLETED"
         assert flow_run["parameters"]["as_of"] == as_of
 
+        # The UI in the browser calls the API on our port (Prefect would assume 4200).
+        ui_settings = _json("GET", f"http://127.0.0.1:{prefect_port}/ui-settings")
+        assert ui_settings["api_url"] == f"{prefect}"
+
         status = _run([*make, "status"], env, timeout=120)
         assert status.stdout.count(" running ") >= 3, status.stdout
     finally:
