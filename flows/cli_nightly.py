@@ -212,9 +212,13 @@ def champion_command(
     for row in status["history"]:
         night = f" night {row['as_of']}" if row["as_of"] else ""
         typer.echo(
-            f"  {row['at'][:19]} {row['action']:<14} v{row['version']} (was "
-            f"v{row['previous_version']}){night} by {row['actor']}: {row['reason']}"
+            f"  {row['at'][:19]} {row['action']:<14} {_v(row['version'])} (was "
+            f"{_v(row['previous_version'])}){night} by {row['actor']}: {row['reason']}"
         )
+
+
+def _v(version: int | None) -> str:
+    return "none" if version is None else f"v{version}"
 
 
 def promote_command(
