@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -43,6 +43,7 @@ from pricecast.settings import Settings, get_settings
 #: trains fresh up to 10 weeks before the span (forecasting.candidates), then fine-tunes.
 MIN_TRAINING_WINDOWS = 12
 IO_RETRIES = 2
+T = TypeVar("T")
 SUNDAY = 6
 DAYS = 7
 IO_RETRY_DELAYS = [1.0, 4.0]
@@ -217,6 +218,11 @@ def _six_days() -> Any:
 # --- tasks: thin wrappers, retries only where I/O can fail transiently --------------------------
 # Large values (the closes, the training result) travel wrapped in `quote`, so Prefect does not
 # walk them element by element looking for futures (seconds per night otherwise).
+
+
+def opaque(value: T) -> T:
+    """`value` wrapped in Prefect's `quote`; the task receives the value itself."""
+    return cast(T, quote(value))
 
 
 def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -752,7 +758,7 @@ def _locked_night(
         applied: AppliedDecision | None = None
         if plan.train or (due is not None and champion is not None):
             # Without training, the child only forecasts with the champion (TensorFlow).
-            training = train_and_score(job, quote(closes), settings)
+            training = train_and_score(job, opaque(closes), settings)
             mark = night.lap("child_seconds", mark)
         if plan.train and training is not None:
             applied = promote_if_better(
@@ -760,7 +766,7 @@ def _locked_night(
                 engine,
                 ticker,
                 as_of,
-                quote(training),
+                opaque(training),
                 champion,
                 parent_run_id,
                 settings.promotion_margin,
@@ -783,7 +789,7 @@ def _locked_night(
             )
         mark = night.lap("forecast_seconds", mark)
         # 8. score earlier forecasts whose dates now have actual closes
-        result["realised"] = score_past_forecasts(engine, ticker, as_of, quote(closes))
+        result["realised"] = score_past_forecasts(engine, ticker, as_of, opaque(closes))
         mark = night.lap("score_seconds", mark)
 
         night.timings["train_seconds"] = round(training.train_seconds, 3) if training else 0.0
@@ -791,8 +797,8 @@ def _locked_night(
             night.timings.update({f"child_{k}": round(v, 3) for k, v in training.timings.items()})
         night.timings["total_seconds"] = round(time.perf_counter() - night.started, 3)
         result["timings"] = dict(night.timings)
-        publish_report(quote(result))
-        record_night(engine, tracker, parent_run_id, quote(result))
+        publish_report(opaque(result))
+        record_night(engine, tracker, parent_run_id, opaque(result))
         result["timings"]["total_seconds"] = round(time.perf_counter() - night.started, 3)
         return result
     except BaseException as exc:
