@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -78,6 +79,8 @@ def report(run: dict[str, Any]) -> list[str]:
         + f" -> {run['train_seconds']:.1f} s",
         f"overhead share 1 - train/total = {run['overhead_share'] * 100:.1f} %",
         f"MAPE %: {run['scores']}; decision: {run['decision']['action']}",
+        f"training worker: RSS {t.get('child_worker_rss_mb', 0):.0f} MB after the job, "
+        f"job {t.get('child_job_seconds', 0):.1f} s of {t.get('child_seconds', 0):.1f} s wall",
         "where the flow body goes:",
     ]
     for key, name in (*STEPS[:5], *CHILD_STEPS, *STEPS[5:]):
@@ -128,9 +131,18 @@ def main() -> int:
             )
         )
     shutdown_worker()
+    flow_process = {
+        "tensorflow_imported": "tensorflow" in sys.modules,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
     if args.json:
-        print(json.dumps({"import_seconds": import_seconds, "runs": runs}, indent=2))
+        print(
+            json.dumps(
+                {"import_seconds": import_seconds, "flow_process": flow_process, "runs": runs},
+                indent=2,
+            )
+        )
         return 0
     print(
         f"book data {args.csv.name}, {args.ticker} as of {as_of}, default settings; "
@@ -139,6 +151,10 @@ def main() -> int:
     for run in runs:
         print()
         print("\n".join(report(run)))
+    print(
+        f"\nflow process: TensorFlow imported = {flow_process['tensorflow_imported']}, "
+        f"peak RSS {flow_process['peak_rss_mb']:.0f} MB (training ran in the worker process)"
+    )
     warm = runs[1]
     verdict = "meets" if warm["overhead_share"] <= 0.30 else "misses"
     print(f"\nwarm-run overhead {warm['overhead_share'] * 100:.1f} % {verdict} the 30 % target")

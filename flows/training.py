@@ -189,6 +189,7 @@ class TrainingWorker:
 STARTUP_TIMEOUT_SECONDS = 300.0
 _worker: TrainingWorker | None = None
 _worker_lock = threading.Lock()
+_job_lock = threading.Lock()
 
 
 def _take_worker(*, max_jobs: int, idle_seconds: float, log_path: Path) -> TrainingWorker:
@@ -240,12 +241,13 @@ def run_in_child(
     pd.DataFrame(closes, columns=["date", "close"]).to_pickle(workdir / CLOSES_FILE)
     log = log_path or workdir.parent / "training-worker.log"
     started = time.perf_counter()
-    worker = _take_worker(max_jobs=max_jobs, idle_seconds=idle_seconds, log_path=log)
-    try:
-        done = worker.run(workdir, timeout_seconds=timeout_seconds)
-    except BaseException:
-        shutdown_worker()  # never reuse a worker in an unknown state
-        raise
+    with _job_lock:  # one job at a time per worker, even if flows run in threads
+        worker = _take_worker(max_jobs=max_jobs, idle_seconds=idle_seconds, log_path=log)
+        try:
+            done = worker.run(workdir, timeout_seconds=timeout_seconds)
+        except BaseException:
+            shutdown_worker()  # never reuse a worker in an unknown state
+            raise
     elapsed = time.perf_counter() - started
     result_file = workdir / RESULT_FILE
     payload = json.loads(result_file.read_text()) if result_file.is_file() else None
