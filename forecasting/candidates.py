@@ -193,6 +193,8 @@ def _training_windows(
     targets = trainable_target_weeks(
         weeks, window_weeks=config.window_weeks, after=after, before=before
     )
+    if config.history_windows:
+        targets = targets[-config.history_windows :]
     return make_windows(
         weeks,
         targets,
@@ -205,7 +207,7 @@ def _training_windows(
 class FreshLSTM(LSTMForecaster):
     """A new, seeded model trained on every window whose target week is before `train_until`.
 
-    `history_start` optionally drops targets before a date (e.g. to train on recent years only).
+    `config.history_windows` > 0 keeps only that many of the latest windows.
     """
 
     name = "fresh"
@@ -216,18 +218,15 @@ class FreshLSTM(LSTMForecaster):
         *,
         seed: int = 0,
         ticker: str = "",
-        history_start: pd.Timestamp | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         self.config = config or lstm.LSTMConfig()
         self.seed = seed
         self.ticker = ticker
-        self.history_start = None if history_start is None else pd.Timestamp(history_start)
 
     def fit(self, weeks: pd.DataFrame, *, train_until: pd.Timestamp) -> Self:
-        after = None if self.history_start is None else self.history_start - pd.Timedelta(days=1)
-        windows = _training_windows(weeks, self.config, after=after, before=train_until)
+        windows = _training_windows(weeks, self.config, after=None, before=train_until)
         if len(windows) == 0:
             raise DataError(
                 f"{self.name}: no complete {self.config.window_weeks}-week window has a target "

@@ -41,6 +41,7 @@ class LSTMConfig:
     batch_size: int = 32
     members: int = 1
     loss: str = "mse"
+    history_windows: int = 0  # train on at most this many of the latest windows; 0 = all
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
@@ -52,6 +53,8 @@ class LSTMConfig:
         for name in ("window_weeks", "units", "layers", "epochs", "batch_size", "members"):
             if getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.history_windows < 0:
+            raise ValueError(f"history_windows must be >= 0, got {self.history_windows}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.learning_rate <= 0:

@@ -76,6 +76,14 @@ def test_fresh_trains_on_every_window_before_train_until(
     assert fresh.metadata.n_training_windows == len(expected)
 
 
+def test_history_windows_keeps_only_the_latest_windows(synthetic_weeks: pd.DataFrame):
+    train_until, _ = _split(synthetic_weeks)
+    config = LSTMConfig(window_weeks=4, units=3, epochs=1, history_windows=5)
+    fresh = FreshLSTM(config, seed=0).fit(synthetic_weeks, train_until=train_until)
+    assert fresh.metadata is not None and fresh.metadata.n_training_windows == 5
+    assert fresh.metadata.first_training_target == train_until - 5 * WEEK
+
+
 def test_same_seed_same_predictions_other_seed_other_predictions(synthetic_weeks: pd.DataFrame):
     train_until, targets = _split(synthetic_weeks)
     runs = [
