@@ -7,6 +7,7 @@ move the alias in one database transaction, so a failure anywhere leaves the cha
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from flows.tracking import ChampionRef, Tracker, model_name
-from pricecast.errors import ConfigError, DataError
+from pricecast.errors import ConfigError, DataError, ServiceUnavailable
 from storage.db import session_scope
 from storage.runs import Promotion, add_promotion, alias_moves, record_training
 
@@ -127,15 +128,16 @@ def apply_decision(
     run_ids: Mapping[str, Any],
     actor: str = "nightly",
 ) -> AppliedDecision:
-    """Register tonight's candidates (tagged with scores, decision and reason), then in one
-    transaction: the audit row, the night marked trained, and the alias move last.
+    """Register tonight's candidates (tagged with their scores, decision "pending"), then in one
+    transaction: the audit row, the night marked trained, and the alias move last; finally each
+    version's decision tag becomes "promoted" or "rejected".
 
     If the alias move fails the transaction rolls back (champion unchanged, night not trained,
-    so a rerun trains again); if the commit fails after the move, the alias is put back.
+    so a rerun trains again; the versions stay "pending"); if the commit fails after the move,
+    the alias is put back.
     """
     versions: dict[str, int] = {}
     for candidate in trained:
-        chosen = decision.promote and candidate.name == decision.candidate
         versions[candidate.name] = tracker.register_version(
             ticker,
             model_uri=candidate.model_uri,
@@ -151,7 +153,7 @@ def apply_decision(
                 "champion_mape": ""
                 if decision.numbers.get("champion") is None
                 else f"{decision.numbers['champion']['mape']:.6f}",
-                "decision": "promoted" if chosen else "rejected",
+                "decision": "pending",
                 "reason": decision.reason[:4000],
             },
         )
@@ -193,7 +195,22 @@ def apply_decision(
         if moved:
             _restore_alias(tracker, ticker, previous)
         raise
+    for version in versions.values():
+        outcome = "promoted" if version == promoted else "rejected"
+        _tag_best_effort(tracker, ticker, version, {"decision": outcome})
     return AppliedDecision(decision, versions, promoted, new_champion)
+
+
+def _tag_best_effort(tracker: Tracker, ticker: str, version: int, tags: Mapping[str, str]) -> None:
+    """The decision is already committed (audit row + alias); a failed tag must not undo it."""
+    try:
+        tracker.tag_version(ticker, version, tags)
+    except ServiceUnavailable as exc:
+        logging.getLogger(__name__).warning(
+            "version %s keeps decision tag 'pending' (%s); the promotions table has the decision",
+            version,
+            exc,
+        )
 
 
 def _restore_alias(tracker: Tracker, ticker: str, previous: int | None) -> None:

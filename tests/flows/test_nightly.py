@@ -275,6 +275,9 @@ def test_mlflow_failing_at_the_alias_move_leaves_the_champion_and_a_rerun_comple
     monkeypatch.setattr(Tracker, "set_champion", set_champion)
 
     assert Tracker(get_settings().resolved_mlflow_uri).champion(ticker) is None
+    # The versions registered before the fault claim nothing: their decision stays pending.
+    orphans = _mlflow().search_model_versions(f"name = '{model_name(ticker)}'")
+    assert sorted(v.tags["decision"] for v in orphans) == ["pending", "pending"]
     assert _count(on_postgres, Promotion, ticker=ticker) == 0
     assert _count(on_postgres, Forecast, ticker=ticker) == 0
     engine = make_engine(on_postgres)
@@ -290,6 +293,12 @@ def test_mlflow_failing_at_the_alias_move_leaves_the_champion_and_a_rerun_comple
     assert champion is not None and champion.version == rerun["champion_version"]
     assert _count(on_postgres, Promotion, ticker=ticker) == 1
     assert _count(on_postgres, Forecast, ticker=ticker) == 7
+    decisions = {
+        int(v.version): v.tags["decision"]
+        for v in _mlflow().search_model_versions(f"name = '{model_name(ticker)}'")
+    }
+    assert sorted(decisions.values()) == ["pending", "pending", "promoted", "rejected"]
+    assert decisions[champion.version] == "promoted"
     with session_scope(engine) as session:
         run = get_run(session, ticker=ticker, as_of=NIGHT_1)
         assert run is not None and (run.status, run.trained, run.attempts) == ("done", True, 2)
