@@ -292,19 +292,18 @@ def _config(job: TrainingJob) -> Any:
 
 
 def _candidate(job: TrainingJob, strategy: str, champion: Any) -> Any:
-    from forecasting.candidates import FreshLSTM, RetrainLSTM
+    """The forecasting package's own candidate for `strategy` (same defaults as `backtest`)."""
+    from forecasting.candidates import build_candidates
 
-    if strategy == "fresh":
-        return FreshLSTM(_config(job), seed=job.seed, ticker=job.ticker)
-    if strategy == "retrain":
-        return RetrainLSTM(
-            base=champion,
-            config=_config(job),
-            epochs=job.epochs,
-            seed=job.seed,
-            ticker=job.ticker,
-        )
-    raise errors.ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    (candidate,) = build_candidates(
+        [strategy],
+        seed=job.seed,
+        epochs=job.epochs,
+        window_weeks=job.window_weeks,
+        ticker=job.ticker,
+        champion=champion,
+    )
+    return candidate
 
 
 def _predictions_csv(held_out: Any, actuals: Any, predictions: Any) -> str:
