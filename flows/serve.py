@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zoneinfo
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pricecast.errors import ConfigError, ServiceUnavailable
 
@@ -90,15 +90,19 @@ def build_deployments(
 
     from flows.nightly import nightly
 
+    # to_deployment is typed sync-or-async; called from sync code it returns the deployment.
     return [
-        nightly.to_deployment(
-            name=deployment_name(ticker),
-            schedules=[Cron(cron, timezone=timezone)],
-            parameters={"ticker": ticker, "source": source, **(parameters or {})},
-            description=f"Nightly retrain/score/promote/forecast for {ticker} from {source}.",
-            tags=["pricecast", ticker],
-            # The package is installed, so the module path works from any directory.
-            entrypoint_type=EntrypointType.MODULE_PATH,
+        cast(
+            "RunnerDeployment",
+            nightly.to_deployment(
+                name=deployment_name(ticker),
+                schedules=[Cron(cron, timezone=timezone)],
+                parameters={"ticker": ticker, "source": source, **(parameters or {})},
+                description=f"Nightly retrain/score/promote/forecast for {ticker} from {source}.",
+                tags=["pricecast", ticker],
+                # The package is installed, so the module path works from any directory.
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            ),
         )
         for ticker in tickers
     ]

@@ -17,7 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.serve import check_prefect_api, deployment_name, validate_schedule
+from flows.serve import (
+    build_deployments,
+    check_prefect_api,
+    deployment_name,
+    validate_schedule,
+)
 from pricecast.errors import ConfigError, ServiceUnavailable
 from storage.db import make_engine, session_scope
 from storage.runs import get_run
@@ -52,6 +57,19 @@ def test_server_down_is_service_unavailable() -> None:
 def test_bad_schedule_is_config_error(cron: str, timezone: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_schedule(cron, timezone)
+
+
+def test_one_deployment_per_ticker_with_schedule_and_parameters() -> None:
+    deployments = build_deployments(
+        ["BTC-USD", "ETH-USD"], source="csv:/data/p.csv", cron="0 4 * * *", timezone="UTC"
+    )
+    assert [d.name for d in deployments] == ["nightly-BTC-USD", "nightly-ETH-USD"]
+    assert deployments[1].parameters == {"ticker": "ETH-USD", "source": "csv:/data/p.csv"}
+    schedule = deployments[0].schedules[0].schedule
+    assert (schedule.cron, schedule.timezone) == ("0 4 * * *", "UTC")
+    assert deployments[0].entrypoint == "flows.nightly.nightly"
+    with pytest.raises(ConfigError, match="given twice: BTC-USD"):
+        build_deployments(["BTC-USD", "BTC-USD"], source="synthetic")
 
 
 def test_cli_server_down_exits_1_with_one_line(tmp_path: Path) -> None:
