@@ -518,8 +518,10 @@ def up(settings: Settings, *, own_postgres: bool = False) -> State:
     print(f"postgres  {pg_mode}: {_masked(admin_url)}")
     specs = [mlflow_spec(state, layout), prefect_spec(state, layout)]
     # Both servers boot at once (each takes tens of seconds: imports and schema migrations).
-    launched = [(spec, *launch_server(spec, layout)) for spec in specs]
+    launched: list[tuple[ServerSpec, int, str]] = []
     try:
+        for spec in specs:
+            launched.append((spec, *launch_server(spec, layout)))
         for spec, pid, action in launched:
             print(f"{spec.name:<9} {action} (pid {pid}), waiting for {spec.health_url} ...")
             wait_healthy(spec, layout, pid, timeout)
