@@ -479,8 +479,8 @@ def execute(job: TrainingJob, workdir: Path) -> dict[str, Any]:
 
     Pipelined on two helper threads so that waiting overlaps with training: the champion loads
     from the registry while `fresh` trains (it does not need the champion), and each scored model
-    is logged to MLflow while the next one trains. Scores do not depend on this order: every
-    model is seeded and scored on the same held-out weeks.
+    is logged to MLflow while the next one trains (naive, then fresh, then retrain + champion).
+    Scores do not depend on this order: every model is seeded and scored on the same weeks.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -511,7 +511,6 @@ def execute(job: TrainingJob, workdir: Path) -> dict[str, Any]:
     independent = [s for s in job.strategies if s != "retrain"]
     dependent = [s for s in job.strategies if s == "retrain"]
     logged: dict[str, Any] = {}
-    held_out = None
     with ThreadPoolExecutor(1) as loader, ThreadPoolExecutor(1) as logger:
         champion_load = loader.submit(_load_champion, job) if job.champion_uri else None
 
@@ -534,11 +533,14 @@ def execute(job: TrainingJob, workdir: Path) -> dict[str, Any]:
                 )
             return result
 
-        first = None
+        # Naive first (instant), so its run is logged while the LSTMs train.
+        passes = [score([Naive()], {"naive": "baseline"})]
         if independent:
-            first = score(
-                [_candidate(job, s, None) for s in independent],
-                dict.fromkeys(independent, "candidate"),
+            passes.append(
+                score(
+                    [_candidate(job, s, None) for s in independent],
+                    dict.fromkeys(independent, "candidate"),
+                )
             )
         mark = time.perf_counter()
         champion = champion_load.result() if champion_load is not None else None
@@ -548,12 +550,11 @@ def execute(job: TrainingJob, workdir: Path) -> dict[str, Any]:
         if champion is not None:
             rest.append(champion)
             roles["champion"] = "champion"
-        rest.append(Naive())
-        roles["naive"] = "baseline"
-        second = score(rest, roles)
-        if first is not None and not first.held_out_weeks.equals(second.held_out_weeks):
-            raise RuntimeError("the two scoring passes used different held-out weeks")
-        held_out = second
+        if rest:
+            passes.append(score(rest, roles))
+        held_out = passes[0]
+        if any(not p.held_out_weeks.equals(held_out.held_out_weeks) for p in passes):
+            raise RuntimeError("the scoring passes used different held-out weeks")
         mark = time.perf_counter()
         order = [*job.strategies, "champion", "naive"]
         models = [logged[name].result() for name in order if name in logged]
