@@ -126,10 +126,9 @@ def pick_forecaster(
     *,
     applied: AppliedDecision | None,
     champion: ChampionRef | None,
-    result: TrainingResult | None,
 ) -> tuple[str, int | None, bool]:
-    """(model in `result`, version, is_baseline) that forecasts tonight: the champion after the
-    gate, or naive (flagged) when there is none."""
+    """(model name in the training result, version, is_baseline) that forecasts tonight: the
+    champion after the gate, or naive (flagged) when there is none."""
     if applied is not None and applied.promoted_version is not None:
         return applied.decision.candidate or "", applied.promoted_version, False
     if champion is not None:
@@ -861,9 +860,7 @@ def _forecast(
     champion: ChampionRef | None,
     training: TrainingResult | None,
 ) -> dict[str, Any]:
-    name, version, is_baseline = pick_forecaster(
-        applied=applied, champion=champion, result=training
-    )
+    name, version, is_baseline = pick_forecaster(applied=applied, champion=champion)
     model = training.model(name) if training is not None else None
     if model is not None and model.next_week is not None:
         values = model.next_week
@@ -872,7 +869,7 @@ def _forecast(
 
         values = Naive().fit(weeks, train_until=_ts(monday)).predict(weeks, [_ts(monday)])[0]
     else:
-        raise ServiceUnavailable(f"no forecast from the champion of {ticker} came back")
+        raise RuntimeError(f"the training process returned no forecast from {name} for {ticker}")
     label = "naive" if is_baseline else model_name(ticker)
     closes = {monday + dt.timedelta(days=i): float(v) for i, v in enumerate(values)}
     inserted = store_forecast_rows(engine, ticker, as_of, closes, label, version, is_baseline)
