@@ -129,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2")
     parser.add_argument("--strategies", default="fresh,retrain,naive,drift")
     parser.add_argument("--epochs", type=int, default=None, help="default: the model's own")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an LSTMConfig field, e.g. --config history_windows=0 (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
         "--book-protocol",
@@ -142,9 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     from forecasting.backtest import backtest
     from forecasting.candidates import build_candidates, check_strategies
+    from forecasting.model import LSTMConfig
 
     strategies = [s.strip() for s in args.strategies.split(",")]
     check_strategies(strategies)
+    overrides = dict(item.split("=", 1) for item in args.config)
+    unknown = set(overrides) - set(LSTMConfig().to_dict())
+    if unknown:
+        parser.error(f"unknown --config field(s) {sorted(unknown)}")
+    config = LSTMConfig.from_dict(LSTMConfig().to_dict() | overrides)
     if args.book_protocol:
         strategies += ["book-v0-leaky", "book-v0-honest"]
     seeds = parse_seeds(args.seeds)
@@ -156,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             if strategy.startswith("book"):
                 candidate: Forecaster = BookLSTM(seed=seed, leaky=strategy.endswith("leaky"))
             else:
-                (candidate,) = build_candidates([strategy], seed=seed, epochs=args.epochs)
+                (candidate,) = build_candidates(
+                    [strategy], seed=seed, epochs=args.epochs, config=config
+                )
             result = backtest(
                 weeks,
                 as_of=pd.Timestamp(args.as_of),
@@ -182,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     summary = {
         "as_of": args.as_of,
+        "config": config.to_dict(),
         "held_out_weeks": held_out,
         "seeds": seeds,
         "candidates": [summarise(name, found) for name, found in runs.items()],
@@ -194,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         f"as of {args.as_of}: {len(held_out)} held-out ISO weeks {held_out[0]} .. {held_out[-1]}, "
         f"seeds {args.seeds}"
     )
+    print(f"LSTM config: {config.to_dict()}")
     print(
         "| candidate | RMSE $ median (range) | MAPE % median (range) | train s | score s "
         "| peak MB |"

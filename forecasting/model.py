@@ -41,7 +41,10 @@ class LSTMConfig:
     batch_size: int = 32
     members: int = 1
     loss: str = "mse"
-    history_windows: int = 0  # train on at most this many of the latest windows; 0 = all
+    # The latest 78 windows (1.5 years of targets, the span the book trains on) beat all of
+    # history on a validation span before the benchmark's (bench/book.py, docs/BENCHMARK.md);
+    # 0 = every window.
+    history_windows: int = 78
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:

@@ -26,7 +26,7 @@ from forecasting.candidates import (  # noqa: E402 - needs keras
 )
 from forecasting.model import LSTMConfig  # noqa: E402
 
-TINY = LSTMConfig(window_weeks=4, units=3, epochs=2, batch_size=16)
+TINY = LSTMConfig(window_weeks=4, units=3, epochs=2, batch_size=16, history_windows=0)
 WEEK = pd.Timedelta(weeks=1)
 
 FACTORIES: dict[str, Callable[[], Forecaster]] = {
