@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
 import os
+import sys
 from typing import Any
 
 import typer
@@ -73,16 +75,19 @@ def nightly_command(
     _prefect_defaults()
     from flows.nightly import nightly
 
-    result = nightly(
-        ticker=ticker,
-        as_of=night,
-        source=None if source.strip().lower() == "none" else source,
-        seed=seed,
-        force=force,
-        epochs=epochs,
-        holdout_weeks=holdout_weeks,
-        strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-    )
+    # With --json, stdout carries only the JSON: MLflow prints run links to stdout when it
+    # talks to a server, so everything else goes to stderr while the flow runs.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = nightly(
+            ticker=ticker,
+            as_of=night,
+            source=None if source.strip().lower() == "none" else source,
+            seed=seed,
+            force=force,
+            epochs=epochs,
+            holdout_weeks=holdout_weeks,
+            strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+        )
     if as_json:
         _print_json(result)
         return

@@ -390,12 +390,10 @@ def _tracking(tracking_uri: str) -> Iterator[None]:
     import mlflow
 
     configure_http_defaults()
-    previous = mlflow.get_tracking_uri()
+    # Set, never restored: the child's threads (logging a run, loading the champion) share this
+    # process-wide URI, and restoring it in one thread pulls it from under the other.
     mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+    yield
 
 
 def log_candidate_run(
