@@ -38,6 +38,26 @@ def _engine():  # type: ignore[no-untyped-def]
     return make_engine(get_settings().resolved_database_url)
 
 
+def stored_closes(ticker: str, as_of: dt.date) -> list[tuple[dt.date, float]]:
+    """The ticker's stored daily closes up to `as_of`; DataError saying how to load some if none."""
+    from storage.db import ensure_schema, session_scope
+    from storage.prices import read_closes
+
+    engine = _engine()
+    try:
+        ensure_schema(engine)
+        with session_scope(engine) as session:
+            closes = read_closes(session, ticker=ticker, as_of=as_of)
+    finally:
+        engine.dispose()
+    if not closes:
+        raise DataError(
+            f"no prices stored for {ticker} up to {as_of}; load some first, e.g. "
+            f"pricecast ingest --ticker {ticker} --source synthetic"
+        )
+    return closes
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the schema migrations up to the newest (other commands do this on first use)."""
@@ -167,22 +187,9 @@ def weeks_command(
     weeks with a missing day cannot.
     """
     from flows.ingest import today_utc
-    from storage.db import ensure_schema, session_scope
-    from storage.prices import read_closes
 
     day = parse_day(as_of, "--as-of") or today_utc()
-    engine = _engine()
-    try:
-        ensure_schema(engine)
-        with session_scope(engine) as session:
-            closes = read_closes(session, ticker=ticker, as_of=day)
-    finally:
-        engine.dispose()
-    if not closes:
-        raise DataError(
-            f"no prices stored for {ticker} up to {day}; load some first, e.g. "
-            f"pricecast ingest --ticker {ticker} --source synthetic"
-        )
+    closes = stored_closes(ticker, day)
     report = {"ticker": ticker, **weeks_report(closes, as_of=day, last=last)}
     if as_json:
         typer.echo(json.dumps(report, indent=2))

@@ -7,8 +7,6 @@ from typing import Any
 
 import typer
 
-from pricecast.errors import DataError
-
 DEFAULT_STRATEGIES = "fresh,retrain,naive"
 
 
@@ -78,30 +76,17 @@ def backtest_command(
     """
     import pandas as pd
 
-    from flows.cli_data import parse_day
+    from flows.cli_data import parse_day, stored_closes
     from flows.ingest import today_utc
     from forecasting.candidates import build_candidates, check_strategies
     from forecasting.weeks import CLOSE, DATE, group_iso_weeks
     from pricecast.settings import get_settings
-    from storage.db import ensure_schema, make_engine, session_scope
-    from storage.prices import read_closes
 
     settings = get_settings()
     chosen = parse_strategies(strategies)
     check_strategies(chosen)
     day = parse_day(as_of, "--as-of") or today_utc()
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        ensure_schema(engine)
-        with session_scope(engine) as session:
-            closes = read_closes(session, ticker=ticker, as_of=day)
-    finally:
-        engine.dispose()
-    if not closes:
-        raise DataError(
-            f"no prices stored for {ticker} up to {day}; load some first, e.g. "
-            f"pricecast ingest --ticker {ticker} --source synthetic"
-        )
+    closes = stored_closes(ticker, day)
     weeks = group_iso_weeks(pd.DataFrame(closes, columns=[DATE, CLOSE]), as_of=day)
 
     from forecasting.backtest import backtest

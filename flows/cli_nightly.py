@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import getpass
 import json
 import os
@@ -12,20 +11,9 @@ from typing import Any
 
 import typer
 
-from pricecast.errors import DataError
+from flows.cli_data import parse_day
 
 DEFAULT_TICKER = "BTC-USD"
-
-
-def _day(value: str | None, option: str) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value.strip())
-    except ValueError:
-        raise DataError(
-            f"{option} {value!r} is not a date: use YYYY-MM-DD, e.g. 2024-01-31"
-        ) from None
 
 
 def _prefect_defaults() -> None:
@@ -71,7 +59,7 @@ def nightly_command(
     champion and naive on the same held-out weeks, promote only what is better, forecast next
     week and score past forecasts. Each run is a Prefect flow run with an MLflow parent run.
     """
-    night = _day(as_of, "--as-of")
+    night = parse_day(as_of, "--as-of")
     _prefect_defaults()
     from flows.nightly import nightly
 

@@ -9,17 +9,17 @@ import sys
 
 import typer
 
-from pricecast.errors import DataError
+from flows.cli_data import parse_day
 
 TICKER_HELP = "Ticker symbol, e.g. BTC-USD."
 SOURCE_HELP = "Price source: synthetic, http, or csv:PATH (a Yahoo/CoinMarketCap/exchange export)."
 
 
 def parse_date(value: str, option: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise DataError(f"{option} {value!r} is not a date; use YYYY-MM-DD") from None
+    """A required YYYY-MM-DD option."""
+    day = parse_day(value, option)
+    assert day is not None  # a required option is never None
+    return day
 
 
 def serve(

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from pricecast.errors import ConfigError
 from storage.models import TICKER_LENGTH, Base, utc_now
 
 RUN_STATUSES = ("running", "done", "failed")
@@ -341,7 +342,10 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
         return postgresql.insert
     if dialect == "sqlite":
         return sqlite.insert
-    raise NotImplementedError(f"forecast upsert is not implemented for {dialect}")
+    raise ConfigError(
+        f"database dialect {dialect!r} is not supported; use PostgreSQL "
+        "(postgresql+psycopg2://...) or SQLite (sqlite:///...) in PRICECAST_DATABASE_URL"
+    )
 
 
 def store_forecast(

@@ -69,4 +69,4 @@ def test_cli_bad_date_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> 
         main(argv)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
-    assert err == "error: --start '2024-13-01' is not a date; use YYYY-MM-DD"
+    assert err == "error: --start '2024-13-01' is not a date: use YYYY-MM-DD, e.g. 2024-01-31"
