@@ -24,10 +24,8 @@ def last_close_before(weeks: pd.DataFrame, target_week: pd.Timestamp) -> float:
     return float(known[-1])
 
 
-class Naive(Forecaster):
-    """Every day of the target week = the last close known before it."""
-
-    name = "naive"
+class _RuleBaseline(Forecaster):
+    """A baseline with nothing to learn: fit() only marks it ready, as the contract requires."""
 
     def __init__(self) -> None:
         self._fitted = False
@@ -37,13 +35,21 @@ class Naive(Forecaster):
         return self._fitted
 
     def fit(self, weeks: pd.DataFrame, *, train_until: pd.Timestamp) -> Self:
-        # Nothing to learn; fitting only marks the forecaster ready, as the contract requires.
         self._fitted = True
         return self
 
-    def predict(self, weeks: pd.DataFrame, target_weeks: Sequence[pd.Timestamp]) -> np.ndarray:
+    def _check_fitted(self) -> None:
         if not self._fitted:
-            raise NotFittedError("naive: call fit() before predict()")
+            raise NotFittedError(f"{self.name}: call fit() before predict()")
+
+
+class Naive(_RuleBaseline):
+    """Every day of the target week = the last close known before it."""
+
+    name = "naive"
+
+    def predict(self, weeks: pd.DataFrame, target_weeks: Sequence[pd.Timestamp]) -> np.ndarray:
+        self._check_fitted()
         last = np.array([last_close_before(weeks, t) for t in target_weeks], dtype="float64")
         return np.repeat(last.reshape(-1, 1), DAYS_PER_WEEK, axis=1)
 
@@ -51,7 +57,7 @@ class Naive(Forecaster):
         return {"strategy": self.name}
 
 
-class Drift(Forecaster):
+class Drift(_RuleBaseline):
     """The average daily log-move of the last `lookback_weeks` complete weeks, extended 7 days.
 
     With c the last close and c0 the first close of those weeks, n = 7 * lookback_weeks - 1 days
@@ -63,20 +69,11 @@ class Drift(Forecaster):
     def __init__(self, *, lookback_weeks: int = 40) -> None:
         if lookback_weeks < 1:
             raise ValueError(f"lookback_weeks must be >= 1, got {lookback_weeks}")
+        super().__init__()
         self.lookback_weeks = lookback_weeks
-        self._fitted = False
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._fitted
-
-    def fit(self, weeks: pd.DataFrame, *, train_until: pd.Timestamp) -> Self:
-        self._fitted = True
-        return self
 
     def predict(self, weeks: pd.DataFrame, target_weeks: Sequence[pd.Timestamp]) -> np.ndarray:
-        if not self._fitted:
-            raise NotFittedError("drift: call fit() before predict()")
+        self._check_fitted()
         windows = make_windows(weeks, target_weeks, window_weeks=self.lookback_weeks)
         flat = windows.closes.reshape(len(windows), -1)
         days = flat.shape[1] - 1
