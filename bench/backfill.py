@@ -97,7 +97,7 @@ def main() -> None:
         url, drop = scratch_postgres()
         os.environ["PRICECAST_DATABASE_URL"] = url
 
-    from flows.backfill import NightOutcome, run_backfill
+    from flows.schedule.backfill import NightOutcome, run_backfill
 
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()

@@ -1,5 +1,6 @@
 """Ingest benchmark: 365,000 synthetic rows (100 tickers x 10 years) into PostgreSQL through
-`flows.ingest.ingest`, against a plain COPY of the same rows; then peak memory for N and 4N rows.
+`flows.ingest.load.ingest`, against a plain COPY of the same rows; then peak memory for N and 4N
+rows.
 
 Both timed paths start from the same rows in memory (the synthetic frames are generated first;
 the generator's own cost is reported separately). Before each timed phase the database is
@@ -34,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from flows.ingest import ingest  # noqa: E402
-from flows.sources import FIELDS  # noqa: E402
-from flows.sources.csv_source import CsvSource  # noqa: E402
-from flows.sources.synthetic_source import SyntheticSource  # noqa: E402
+from flows.ingest.load import ingest  # noqa: E402
+from flows.ingest.sources import FIELDS  # noqa: E402
+from flows.ingest.sources.csv_source import CsvSource  # noqa: E402
+from flows.ingest.sources.synthetic_source import SyntheticSource  # noqa: E402
 from forecasting.synthetic import synthetic_prices  # noqa: E402
 from storage.db import ensure_schema, make_engine  # noqa: E402
 
@@ -88,7 +89,7 @@ def generate(names: list[str]) -> tuple[dict[str, list], float]:
 
 
 def load(engine, names: list[str], frames: dict[str, list] | None = None) -> tuple[int, float]:
-    """Ingest every ticker through the project's path (`flows.ingest.ingest`); (rows, seconds).
+    """Ingest every ticker through the project's path (`flows.ingest.load.ingest`); (rows, seconds).
 
     With `frames`, the synthetic rows are replayed from memory; without, they are generated."""
     source = SyntheticSource(seed=0)

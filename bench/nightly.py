@@ -46,7 +46,7 @@ CHILD_STEPS = (
 
 
 def run_once(label: str, **params: Any) -> dict[str, Any]:
-    from flows.nightly import nightly
+    from flows.night.flow import nightly
 
     started = time.perf_counter()
     result = nightly(**params)
@@ -111,8 +111,8 @@ def main() -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
     started = time.perf_counter()
-    from flows.nightly import nightly  # noqa: F401  (imports Prefect, SQLAlchemy, pandas)
-    from flows.training import shutdown_worker
+    from flows.night.flow import nightly  # noqa: F401  (imports Prefect, SQLAlchemy, pandas)
+    from flows.training.worker import shutdown_worker
 
     import_seconds = time.perf_counter() - started
     as_of = dt.date.fromisoformat(args.as_of)

@@ -82,8 +82,8 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Ingest, backfill `weeks` Sundays, run tonight, print what a user wants to see."""
-    from flows.backfill import patient_prefect_api, run_backfill
-    from flows.ingest import ingest
+    from flows.ingest.load import ingest
+    from flows.schedule.backfill import patient_prefect_api, run_backfill
     from pricecast.settings import get_settings
 
     settings = get_settings()
@@ -116,7 +116,7 @@ def run_demo(
                 f"{backfill.skipped_done} already done, {backfill.seconds:.0f} s"
             )
         echo(f"3. tonight: nightly as of {plan.tonight} (the latest complete week)")
-        from flows.nightly import nightly
+        from flows.night.flow import nightly
 
         tonight = nightly(
             ticker=ticker, as_of=plan.tonight, source=source, epochs=epochs, seed=seed
@@ -124,7 +124,7 @@ def run_demo(
     for line in report_lines(tonight):
         echo(line)
     echo("")
-    from flows.serve import prefect_api_url
+    from flows.schedule.serve import prefect_api_url
 
     for line in ui_commands(
         mlflow_uri=settings.resolved_mlflow_uri, prefect_api_url=prefect_api_url()

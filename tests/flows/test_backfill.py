@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.backfill import BackfillStopped, run_backfill
-from flows.ingest import ingest
-from flows.tracking import experiment_name
+from flows.ingest.load import ingest
+from flows.schedule.backfill import BackfillStopped, run_backfill
+from flows.tracking.tracker import experiment_name
 from pricecast.settings import get_settings
 from storage.db import make_engine, session_scope
 from storage.runs import list_runs

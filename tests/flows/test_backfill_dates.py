@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from flows.backfill import BackfillSummary, NightOutcome, backfill_dates, pending_dates
 from flows.cli import main
+from flows.schedule.backfill import BackfillSummary, NightOutcome, backfill_dates, pending_dates
 from pricecast.errors import DataError
 
 D = dt.date

@@ -20,7 +20,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 @pytest.fixture
 def synthetic_in_db(monkeypatch: pytest.MonkeyPatch) -> None:
     """Half a year of synthetic closes for SYN, and 4-week windows so tiny models suffice."""
-    from flows.ingest import ingest
+    from flows.ingest.load import ingest
     from pricecast.settings import get_settings
 
     monkeypatch.setenv("PRICECAST_WINDOW_WEEKS", "4")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.ingest import ingest, parse_dates
-from flows.sources import csv_source
-from flows.sources.csv_source import CsvSource
-from flows.sources.synthetic_source import SyntheticSource
+from flows.ingest.load import ingest, parse_dates
+from flows.ingest.sources import csv_source
+from flows.ingest.sources.csv_source import CsvSource
+from flows.ingest.sources.synthetic_source import SyntheticSource
 from pricecast.errors import DataError
 from storage.db import make_engine, session_scope
 from storage.prices import price_coverage, read_prices, read_rejected, read_revisions

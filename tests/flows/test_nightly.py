@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, select
 
-from flows.ingest import ingest
-from flows.nightly import nightly
-from flows.tracking import Tracker, data_fingerprint, model_name
+from flows.ingest.load import ingest
+from flows.night.flow import nightly
+from flows.tracking.tracker import Tracker, data_fingerprint, model_name
 from pricecast.errors import LockTimeout, ServiceUnavailable
 from pricecast.settings import get_settings
 from storage.db import make_engine, session_scope

@@ -8,15 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.nightly import (
-    decide_training,
-    forecast_week_due,
-    last_complete_week,
-    markdown_report,
-    realised_accuracy,
-    training_windows_available,
-    yesterday_utc,
-)
+from flows.night.flow import markdown_report, realised_accuracy
+from flows.night.policy import decide_training, forecast_week_due
+from forecasting.calendar import last_complete_week, training_windows_available, yesterday_utc
 from forecasting.weeks import group_iso_weeks
 
 D = dt.date

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from flows.promotion import Score, decide_promotion, rollback_target
+from flows.night.policy import Score, decide_promotion, rollback_target
 from pricecast.errors import ConfigError
 from storage.runs import Promotion
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.serve import (
+from flows.schedule.serve import (
     build_deployments,
     check_prefect_api,
     deployment_name,
@@ -67,7 +67,7 @@ def test_one_deployment_per_ticker_with_schedule_and_parameters() -> None:
     assert deployments[1].parameters == {"ticker": "ETH-USD", "source": "csv:/data/p.csv"}
     schedule = deployments[0].schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("0 4 * * *", "UTC")
-    assert deployments[0].entrypoint == "flows.nightly.nightly"
+    assert deployments[0].entrypoint == "flows.night.flow.nightly"
     with pytest.raises(ConfigError, match="given twice: BTC-USD"):
         build_deployments(["BTC-USD", "BTC-USD"], source="synthetic")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.ingest import IngestSummary, RowChecker
-from flows.sources import csv_source
-from flows.sources.csv_source import CsvSource, map_header, normalise_header
+from flows.ingest.load import IngestSummary, RowChecker
+from flows.ingest.sources import csv_source
+from flows.ingest.sources.csv_source import CsvSource, map_header, normalise_header
 from pricecast.errors import SourceError
 from storage.prices import PriceRow
 

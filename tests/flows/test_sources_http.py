@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from flows.ingest import ingest
-from flows.sources.http_source import PAGE_LIMIT, HttpSource, binance_symbol
+from flows.ingest.load import ingest
+from flows.ingest.sources.http_source import PAGE_LIMIT, HttpSource, binance_symbol
 from pricecast.errors import SourceError
 from storage.db import make_engine, session_scope
 from storage.prices import read_prices

@@ -7,10 +7,10 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from flows.sources import FIELDS, parse_source
-from flows.sources.csv_source import CsvSource
-from flows.sources.http_source import HttpSource
-from flows.sources.synthetic_source import SyntheticSource
+from flows.ingest.sources import FIELDS, parse_source
+from flows.ingest.sources.csv_source import CsvSource
+from flows.ingest.sources.http_source import HttpSource
+from flows.ingest.sources.synthetic_source import SyntheticSource
 from pricecast.errors import SourceError
 from pricecast.settings import Settings
 

@@ -10,7 +10,10 @@ import sys
 import click
 import typer
 
-from flows import cli_data, cli_models, cli_nightly, cli_ops
+from flows.cli import data as cli_data
+from flows.cli import models as cli_models
+from flows.cli import nightly as cli_nightly
+from flows.cli import ops as cli_ops
 from pricecast import __version__
 from pricecast.errors import PricecastError
 

@@ -1,7 +1,7 @@
 """Price sources: CSV files, an HTTP daily-candles API, and seeded synthetic prices.
 
 A source streams *raw frames*: pandas frames with the columns below, values still as the source
-gave them (text or numbers). `flows.ingest` validates them; sources only read and map.
+gave them (text or numbers). `flows.ingest.load` validates them; sources only read and map.
 """
 
 from __future__ import annotations
@@ -54,21 +54,21 @@ def parse_source(spec: str, settings: Settings) -> PriceSource:
     kind, sep, argument = spec.strip().partition(":")
     kind = kind.strip().lower()
     if kind == "csv":
-        from flows.sources.csv_source import CsvSource
+        from flows.ingest.sources.csv_source import CsvSource
 
         if not argument.strip():
             raise SourceError(f"--source {spec!r}: give the file, e.g. csv:data/btc.csv")
         return CsvSource(argument.strip())
     if kind in ("http", "https") and not argument.startswith("//"):
-        from flows.sources.http_source import HttpSource
+        from flows.ingest.sources.http_source import HttpSource
 
         return HttpSource.from_settings(settings, base_url=argument.strip() or None)
     if kind in ("http", "https"):  # a full URL: http://host:port
-        from flows.sources.http_source import HttpSource
+        from flows.ingest.sources.http_source import HttpSource
 
         return HttpSource.from_settings(settings, base_url=spec.strip())
     if kind == "synthetic":
-        from flows.sources.synthetic_source import SyntheticSource
+        from flows.ingest.sources.synthetic_source import SyntheticSource
 
         seed = settings.seed
         if argument.strip():

@@ -88,7 +88,7 @@ def build_deployments(
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
-    from flows.nightly import nightly
+    from flows.night.flow import nightly
 
     # to_deployment is typed sync-or-async; called from sync code it returns the deployment.
     return [

@@ -21,20 +21,28 @@ from prefect.utilities.annotations import quote
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from flows.promotion import (
-    AppliedDecision,
+from flows.night.policy import (
     Score,
-    TrainedCandidate,
-    apply_decision,
+    TrainingPlan,
     decide_promotion,
+    decide_training,
+    forecast_week_due,
+    pick_forecaster,
 )
-from flows.tracking import ChampionRef, Tracker, data_fingerprint, model_name
-from flows.training import (
+from flows.tracking.promotion import AppliedDecision, TrainedCandidate, apply_decision
+from flows.tracking.tracker import ChampionRef, Tracker, data_fingerprint, model_name
+from flows.training.worker import (
     STRATEGIES,
     TrainingJob,
     TrainingResult,
     prewarm_worker,
     run_in_child,
+)
+from forecasting.calendar import (
+    SUNDAY,
+    last_complete_week,
+    training_windows_available,
+    yesterday_utc,
 )
 from pricecast.errors import ConfigError, ServiceUnavailable
 from pricecast.settings import Settings, get_settings
@@ -44,96 +52,11 @@ from pricecast.settings import Settings, get_settings
 MIN_TRAINING_WINDOWS = 12
 IO_RETRIES = 2
 T = TypeVar("T")
-SUNDAY = 6
 DAYS = 7
 IO_RETRY_DELAYS = [1.0, 4.0]
 
 
 # --- pure decisions -----------------------------------------------------------------------------
-
-
-def yesterday_utc(now: dt.datetime | None = None) -> dt.date:
-    """The default as-of: the last day whose close is final."""
-    return (now or dt.datetime.now(dt.UTC)).date() - dt.timedelta(days=1)
-
-
-def last_complete_week(weeks: Any, as_of: dt.date) -> dt.date | None:
-    """Monday of the latest complete ISO week that had ended by `as_of`."""
-    from forecasting.weeks import COMPLETE
-
-    ended = weeks[(weeks.index + _six_days()) <= _ts(as_of)]
-    complete = ended[ended[COMPLETE]]
-    return None if complete.empty else complete.index[-1].date()
-
-
-def forecast_week_due(latest_complete: dt.date | None, as_of: dt.date) -> dt.date | None:
-    """The Monday to forecast when a week has just completed (as_of is its Sunday), else None."""
-    if latest_complete is None or latest_complete + dt.timedelta(days=6) != as_of:
-        return None
-    return as_of + dt.timedelta(days=1)
-
-
-def training_windows_available(weeks: Any, as_of: dt.date, *, window_weeks: int) -> int:
-    """Complete weeks (up to as_of) with a full window of complete weeks before them."""
-    from forecasting.windows import trainable_target_weeks
-
-    ended = weeks[(weeks.index + _six_days()) <= _ts(as_of)]
-    return len(trainable_target_weeks(ended, window_weeks=window_weeks))
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    train: bool
-    reason: str
-
-
-def decide_training(
-    *,
-    force: bool,
-    latest_complete: dt.date | None,
-    has_champion: bool,
-    last_trained_week: dt.date | None,
-    last_trained_had_champion: bool,
-    available_windows: int,
-    needed_windows: int,
-) -> TrainingPlan:
-    """Train when a week has completed since the last night that trained, or the champion is
-    gone, or forced; never without enough history. A rerun of a night that trained (same latest
-    complete week) does not train again."""
-    if available_windows < needed_windows:
-        return TrainingPlan(
-            False,
-            f"not enough history: {available_windows} complete week(s) with a full window "
-            f"before them, {needed_windows} needed (held-out weeks + training windows)",
-        )
-    if force:
-        return TrainingPlan(True, "forced (--force)")
-    if last_trained_week is None:
-        return TrainingPlan(True, "no night has trained yet")
-    if latest_complete is not None and latest_complete > last_trained_week:
-        return TrainingPlan(
-            True, f"the week of {latest_complete} completed since the last training"
-        )
-    if not has_champion and last_trained_had_champion:
-        return TrainingPlan(True, "the champion alias is gone; training a new one")
-    return TrainingPlan(
-        False,
-        f"no week has completed since the last training (week of {last_trained_week})",
-    )
-
-
-def pick_forecaster(
-    *,
-    applied: AppliedDecision | None,
-    champion: ChampionRef | None,
-) -> tuple[str, int | None, bool]:
-    """(model name in the training result, version, is_baseline) that forecasts tonight: the
-    champion after the gate, or naive (flagged) when there is none."""
-    if applied is not None and applied.promoted_version is not None:
-        return applied.decision.candidate or "", applied.promoted_version, False
-    if champion is not None:
-        return "champion", champion.version, False
-    return "naive", None, True
 
 
 def realised_accuracy(pairs: Sequence[tuple[float, float]]) -> dict[str, float | int | None]:
@@ -202,18 +125,6 @@ def markdown_report(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ts(day: dt.date) -> Any:
-    import pandas as pd
-
-    return pd.Timestamp(day)
-
-
-def _six_days() -> Any:
-    import pandas as pd
-
-    return pd.Timedelta(days=6)
-
-
 # --- tasks: thin wrappers, retries only where I/O can fail transiently --------------------------
 # Large values (the closes, the training result) travel wrapped in `quote`, so Prefect does not
 # walk them element by element looking for futures (seconds per night otherwise).
@@ -241,7 +152,7 @@ def io_task(name: str) -> Any:
 
 @io_task("ingest")
 def ingest_prices(database_url: str, ticker: str, source: str, as_of: dt.date) -> dict[str, Any]:
-    from flows.ingest import ingest
+    from flows.ingest.load import ingest
 
     return ingest(database_url=database_url, ticker=ticker, source=source, as_of=as_of).to_dict()
 
@@ -865,9 +776,15 @@ def _forecast(
     if model is not None and model.next_week is not None:
         values = model.next_week
     elif is_baseline:
+        import pandas as pd
+
         from forecasting.baselines import Naive
 
-        values = Naive().fit(weeks, train_until=_ts(monday)).predict(weeks, [_ts(monday)])[0]
+        values = (
+            Naive()
+            .fit(weeks, train_until=pd.Timestamp(monday))
+            .predict(weeks, [pd.Timestamp(monday)])[0]
+        )
     else:
         raise RuntimeError(f"the training process returned no forecast from {name} for {ticker}")
     label = "naive" if is_baseline else model_name(ticker)

@@ -106,8 +106,8 @@ def ingest_command(
     ones in price_revisions. By default any invalid row refuses the whole source (each problem
     printed with its file and line, nothing written).
     """
-    from flows.ingest import ingest
-    from flows.sources import parse_source
+    from flows.ingest.load import ingest
+    from flows.ingest.sources import parse_source
     from pricecast.settings import get_settings
 
     settings = get_settings()
@@ -186,7 +186,7 @@ def weeks_command(
     Only complete weeks (seven closes) can train or score a model; the week in progress and
     weeks with a missing day cannot.
     """
-    from flows.ingest import today_utc
+    from flows.ingest.load import today_utc
 
     day = parse_day(as_of, "--as-of") or today_utc()
     closes = stored_closes(ticker, day)

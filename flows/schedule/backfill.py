@@ -142,7 +142,7 @@ def replay_night(
     """One nightly flow run as of `as_of` (tagged `backfill` in the Prefect UI)."""
     from prefect import tags
 
-    from flows.nightly import nightly
+    from flows.night.flow import nightly
 
     began = time.perf_counter()
     options: dict[str, Any] = {}

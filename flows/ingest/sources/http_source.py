@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import httpx
 import pandas as pd
 
-from flows.sources import DATE, ERROR, FIELDS, LINE, RAW
+from flows.ingest.sources import DATE, ERROR, FIELDS, LINE, RAW
 from pricecast.errors import SourceError
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from flows.cli_data import parse_day
+from flows.cli.data import parse_day
 
 TICKER_HELP = "Ticker symbol, e.g. BTC-USD."
 SOURCE_HELP = "Price source: synthetic, http, or csv:PATH (a Yahoo/CoinMarketCap/exchange export)."
@@ -39,7 +39,7 @@ def serve(
     schedule. Runs started from the UI or the API (e.g. with parameters {"as_of": "2017-11-12"})
     are picked up too. Stop with Ctrl-C (the schedules are paused until you serve again).
     """
-    from flows.serve import serve_nightly
+    from flows.schedule.serve import serve_nightly
 
     serve_nightly(ticker, source=source, cron=cron, timezone=timezone, limit=limit)
 
@@ -63,7 +63,7 @@ def backfill(
     already done are skipped, so a rerun after a failure or Ctrl-C continues where it stopped;
     the first failing night stops the backfill with its reason.
     """
-    from flows.backfill import run_backfill
+    from flows.schedule.backfill import run_backfill
 
     # With --json, stdout carries only the JSON: libraries that print (MLflow writes run links
     # to stdout when it talks to a server) are sent to stderr.

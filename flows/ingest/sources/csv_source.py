@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from flows.sources import DATE, ERROR, FIELDS, LINE, RAW
+from flows.ingest.sources import DATE, ERROR, FIELDS, LINE, RAW
 from pricecast.errors import SourceError
 
 CHUNK_ROWS = 20_000

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from flows.sources import DATE
+from flows.ingest.sources import DATE
 from forecasting.synthetic import synthetic_prices
 from forecasting.weeks import CLOSE
 

@@ -76,8 +76,8 @@ def backtest_command(
     """
     import pandas as pd
 
-    from flows.cli_data import parse_day, stored_closes
-    from flows.ingest import today_utc
+    from flows.cli.data import parse_day, stored_closes
+    from flows.ingest.load import today_utc
     from forecasting.candidates import build_candidates, check_strategies
     from forecasting.weeks import CLOSE, DATE, group_iso_weeks
     from pricecast.settings import get_settings

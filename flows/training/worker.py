@@ -1,4 +1,4 @@
-"""Train, score and log tonight's candidates in a child process (`python -m flows.training JOB`).
+"""Train, score and log tonight's candidates in a child process (`python -m flows.training`).
 
 TensorFlow keeps memory after every fit(), so a long-running flow server never imports it: the
 parent writes a job (JSON + the closes as a pickle), the child trains `retrain` and `fresh`,
@@ -354,7 +354,7 @@ def _flat_params(description: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _load_champion(job: TrainingJob) -> Any:
-    from flows import tracking
+    from flows.tracking import tracker as tracking
     from forecasting.candidates import from_keras
 
     keras_model = tracking.load_keras_model(job.tracking_uri, job.champion_uri or "")
@@ -369,7 +369,7 @@ def _outcome(
     import numpy as np
     import pandas as pd
 
-    from flows import tracking
+    from flows.tracking import tracker as tracking
     from forecasting.candidates import LSTMForecaster
     from forecasting.windows import make_windows
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from flows.cli_data import parse_day
+from flows.cli.data import parse_day
 
 DEFAULT_TICKER = "BTC-USD"
 
@@ -61,7 +61,7 @@ def nightly_command(
     """
     night = parse_day(as_of, "--as-of")
     _prefect_defaults()
-    from flows.nightly import nightly
+    from flows.night.flow import nightly
 
     # With --json, stdout carries only the JSON: MLflow prints run links to stdout when it
     # talks to a server, so everything else goes to stderr while the flow runs.
@@ -124,7 +124,7 @@ def nightly_lines(result: dict[str, Any]) -> list[str]:
 
 
 def _stores() -> tuple[Any, Any]:
-    from flows.tracking import Tracker
+    from flows.tracking.tracker import Tracker
     from pricecast.settings import get_settings
     from storage.db import ensure_schema, make_engine
 
@@ -137,7 +137,7 @@ def _stores() -> tuple[Any, Any]:
 
 def champion_status(ticker: str) -> dict[str, Any]:
     """The champion of `ticker`, its scores, and the alias history (newest first)."""
-    from flows.tracking import model_name
+    from flows.tracking.tracker import model_name
     from storage.db import session_scope
     from storage.runs import promotion_history
 
@@ -220,7 +220,7 @@ def promote_command(
     reason: str = typer.Option(..., "--reason", help="Why (kept in the audit trail)."),
 ) -> None:
     """Point the `champion` alias at a version by hand (audited in `promotions`)."""
-    from flows.promotion import promote_manually
+    from flows.tracking.promotion import promote_manually
 
     engine, tracker = _stores()
     try:
@@ -244,7 +244,7 @@ def rollback_command(
     reason: str = typer.Option("manual rollback", "--reason", help="Why (kept in the audit)."),
 ) -> None:
     """Point the `champion` alias back at the previous champion (audited in `promotions`)."""
-    from flows.promotion import rollback
+    from flows.tracking.promotion import rollback
 
     engine, tracker = _stores()
     try:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from flows.sources import DATE, ERROR, LINE, RAW, VALUE_FIELDS, PriceSource, parse_source
+from flows.ingest.sources import DATE, ERROR, LINE, RAW, VALUE_FIELDS, PriceSource, parse_source
 from pricecast.errors import DataError
 from storage.db import ensure_schema, make_engine, session_scope
 from storage.prices import PriceRow, Rejection, missing_dates, record_rejected, stage_prices

@@ -8,91 +8,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
 
-from flows.tracking import ChampionRef, Tracker, model_name
+from flows.night.policy import Decision, Score, rollback_target
+from flows.tracking.tracker import ChampionRef, Tracker, model_name
 from pricecast.errors import ConfigError, DataError, ServiceUnavailable
 from storage.db import session_scope
 from storage.runs import Promotion, add_promotion, alias_moves, record_training
-
-
-@dataclass(frozen=True)
-class Score:
-    """A model's score on the night's held-out weeks (MAPE in percent, RMSE in dollars)."""
-
-    name: str
-    mape: float
-    rmse: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the gate decided: promote `candidate` or keep the champion, why, with the numbers."""
-
-    action: str  # "promote" | "keep"
-    candidate: str | None
-    reason: str
-    numbers: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def promote(self) -> bool:
-        return self.action == "promote"
-
-
-def decide_promotion(
-    candidates: Sequence[Score],
-    *,
-    champion: Score | None,
-    naive: Score,
-    margin: float = 0.0,
-    champion_version: int | None = None,
-) -> Decision:
-    """Promote the best candidate whose MAPE beats naive's AND the champion's by more than
-    `margin` points; with no champion it must beat naive only. Anything else keeps the champion.
-    Ties never promote, and nothing worse than naive is ever promoted.
-    """
-    if margin < 0:
-        raise ConfigError(f"promotion margin must be >= 0 MAPE points, got {margin}")
-    numbers: dict[str, Any] = {
-        "margin": margin,
-        "naive": {"mape": naive.mape, "rmse": naive.rmse},
-        "champion": None
-        if champion is None
-        else {"mape": champion.mape, "rmse": champion.rmse, "version": champion_version},
-        "candidates": {c.name: {"mape": c.mape, "rmse": c.rmse} for c in candidates},
-    }
-    finite = [c for c in candidates if math.isfinite(c.mape)]
-    if not finite:
-        return Decision("keep", None, "no candidate was scored", numbers)
-    best = min(finite, key=lambda c: c.mape)
-    bars = [("naive", naive.mape)]
-    if champion is not None:
-        bars.append(
-            (f"champion v{champion_version}" if champion_version else "champion", champion.mape)
-        )
-    missed = [(who, mape) for who, mape in bars if not best.mape < mape - margin]
-    bar_text = " and ".join(f"{who} ({mape:.3f} %)" for who, mape in bars)
-    if not missed:
-        return Decision(
-            "promote",
-            best.name,
-            f"{best.name} MAPE {best.mape:.3f} % beats {bar_text} by more than {margin:g} points",
-            numbers,
-        )
-    missed_text = " and ".join(f"{who} ({mape:.3f} %)" for who, mape in missed)
-    kept = "the champion stays" if champion is not None else "no champion yet; naive serves"
-    return Decision(
-        "keep",
-        None,
-        f"best candidate {best.name} MAPE {best.mape:.3f} % does not beat {missed_text} "
-        f"by more than {margin:g} points; {kept}",
-        numbers,
-    )
 
 
 @dataclass(frozen=True)
@@ -222,18 +148,6 @@ def _restore_alias(tracker: Tracker, ticker: str, previous: int | None) -> None:
             tracker.set_champion(ticker, previous)
     except Exception:  # the original failure is the one worth reporting
         pass
-
-
-def rollback_target(moves: Sequence[Promotion]) -> int | None:
-    """The champion before the current one, replaying alias moves (oldest first) as a stack:
-    a promotion pushes its version, a rollback pops one. None if there is nothing to go back to."""
-    stack: list[int] = []
-    for move in moves:
-        if move.action in ("promote", "manual-promote") and move.model_version is not None:
-            stack.append(move.model_version)
-        elif move.action == "rollback" and stack:
-            stack.pop()
-    return stack[-2] if len(stack) >= 2 else None
 
 
 def _move_alias_audited(
