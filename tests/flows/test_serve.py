@@ -1,5 +1,6 @@
-"""`pricecast serve`: clear errors without a Prefect API, and against a real `prefect server start`:
-the deployment appears with its cron schedule and a run created through the API completes.
+"""`pricecast serve`: clear errors without a Prefect API, and against the session's real Prefect
+server (`prefect_server` in tests/conftest.py): the deployment appears with its cron schedule and
+a run created through the API completes.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
+from prefect.client.schemas.schedules import CronSchedule
 
 from flows.schedule.serve import (
     build_deployments,
@@ -27,7 +30,7 @@ from pricecast.errors import ConfigError, ServiceUnavailable
 from storage.db import make_engine, session_scope
 from storage.runs import get_run
 
-SERVER_START_TIMEOUT = 180.0
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -65,7 +68,9 @@ def test_one_deployment_per_ticker_with_schedule_and_parameters() -> None:
     )
     assert [d.name for d in deployments] == ["nightly-BTC-USD", "nightly-ETH-USD"]
     assert deployments[1].parameters == {"ticker": "ETH-USD", "source": "csv:/data/p.csv"}
+    assert deployments[0].schedules is not None
     schedule = deployments[0].schedules[0].schedule
+    assert isinstance(schedule, CronSchedule)
     assert (schedule.cron, schedule.timezone) == ("0 4 * * *", "UTC")
     assert deployments[0].entrypoint == "flows.night.flow.nightly"
     with pytest.raises(ConfigError, match="given twice: BTC-USD"):
@@ -89,43 +94,12 @@ def test_cli_server_down_exits_1_with_one_line(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ against a real server
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `prefect server start` on an ephemeral port, with its own home and SQLite file."""
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_for(lambda: _healthy(url), SERVER_START_TIMEOUT, "prefect server", process)
-        yield url
-    finally:
-        _stop_group(process)
-        log.close()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None):  # type: ignore[no-untyped-def]
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -137,7 +111,7 @@ def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None 
     raise AssertionError(f"{what}: not ready within {timeout:.0f} s")
 
 
-def _stop_group(process: subprocess.Popen) -> None:
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -1,0 +1,1 @@
+"""Browser checks of the Prefect and MLflow UIs in headless Chromium."""
