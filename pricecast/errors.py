@@ -26,3 +26,17 @@ class ConfigError(PricecastError):
 
 class LockTimeout(PricecastError):
     """Another run for the same ticker holds the lock and did not release it in time."""
+
+
+class LockLost(PricecastError):
+    """The per-ticker lock is no longer ours (its database session died, or another run took
+    it since): what this run did after that was not committed."""
+
+
+class TrainingFailed(PricecastError):
+    """The training process's job raised an unexpected error; the message names the job's log."""
+
+
+class TrainingProcessDied(TrainingFailed):
+    """The training process was killed or exited in the middle of a job (a signal, the
+    out-of-memory killer, a crash); the message names the job's own log."""

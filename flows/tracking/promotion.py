@@ -1,18 +1,21 @@
-"""The promotion gate and the alias moves it leads to, each audited in `promotions`.
+"""Moves of the `champion` alias, each audited in `promotions`: the gate's decision, a manual
+promotion, a rollback. The pure gate is `flows.night.policy.decide_promotion`.
 
-`decide_promotion` is pure. The apply steps register versions first, then write the audit row and
-move the alias in one database transaction, so a failure anywhere leaves the champion as it was.
+Every move goes through `_audited_alias_move`: the audit row and the alias move share one
+database transaction, so a failure anywhere leaves the champion as it was.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from flows.night.policy import Decision, Score, rollback_target
 from flows.tracking.tracker import ChampionRef, Tracker, model_name
@@ -30,7 +33,7 @@ class TrainedCandidate:
     run_id: str
     model_uri: str
     model_id: str | None
-    metadata: Mapping[str, Any]
+    metadata: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def apply_decision(
     trained: Sequence[TrainedCandidate],
     champion: ChampionRef | None,
     training_cutoff: dt.date | None,
-    run_ids: Mapping[str, Any],
+    run_ids: Mapping[str, str | None],
     actor: str = "nightly",
 ) -> AppliedDecision:
     """Register tonight's candidates (tagged with their scores, decision "pending"), then in one
@@ -62,6 +65,50 @@ def apply_decision(
     so a rerun trains again; the versions stay "pending"); if the commit fails after the move,
     the alias is put back.
     """
+    versions = _register_tonight(tracker, ticker, as_of, decision, trained)
+    previous = champion.version if champion is not None else None
+    promoted = versions.get(decision.candidate or "") if decision.promote else None
+    new_champion = promoted if promoted is not None else previous
+    with _audited_alias_move(tracker, engine, ticker, to=promoted, previous=previous) as session:
+        add_promotion(
+            session,
+            ticker=ticker,
+            as_of=as_of,
+            action=decision.action,
+            model_name=model_name(ticker),
+            model_version=new_champion,
+            previous_version=previous,
+            candidate=decision.candidate,
+            reason=decision.reason,
+            numbers={**decision.numbers, "versions": versions},
+            run_ids=dict(run_ids),
+            actor=actor,
+        )
+        record_training(
+            session,
+            ticker=ticker,
+            as_of=as_of,
+            training_cutoff=training_cutoff,
+            decision=decision.action,
+            promoted_version=promoted,
+            champion_version=new_champion,
+            mlflow_run_id=run_ids.get("parent"),
+        )
+    for version in versions.values():
+        outcome = "promoted" if version == promoted else "rejected"
+        _tag_best_effort(tracker, ticker, version, {"decision": outcome})
+    return AppliedDecision(decision, versions, promoted, new_champion)
+
+
+def _register_tonight(
+    tracker: Tracker,
+    ticker: str,
+    as_of: dt.date,
+    decision: Decision,
+    trained: Sequence[TrainedCandidate],
+) -> dict[str, int]:
+    """A version per candidate trained tonight, tagged with its scores and decision "pending"."""
+    champion_numbers = decision.numbers.get("champion")
     versions: dict[str, int] = {}
     for candidate in trained:
         versions[candidate.name] = tracker.register_version(
@@ -77,54 +124,13 @@ def apply_decision(
                 "rmse": f"{candidate.score.rmse:.6f}",
                 "naive_mape": f"{decision.numbers['naive']['mape']:.6f}",
                 "champion_mape": ""
-                if decision.numbers.get("champion") is None
-                else f"{decision.numbers['champion']['mape']:.6f}",
+                if champion_numbers is None
+                else f"{champion_numbers['mape']:.6f}",
                 "decision": "pending",
                 "reason": decision.reason[:4000],
             },
         )
-    previous = champion.version if champion is not None else None
-    promoted = versions.get(decision.candidate or "") if decision.promote else None
-    new_champion = promoted if promoted is not None else previous
-    moved = False
-    try:
-        with session_scope(engine) as session:
-            add_promotion(
-                session,
-                ticker=ticker,
-                as_of=as_of,
-                action=decision.action,
-                model_name=model_name(ticker),
-                model_version=new_champion,
-                previous_version=previous,
-                candidate=decision.candidate,
-                reason=decision.reason,
-                numbers={**decision.numbers, "versions": versions},
-                run_ids=dict(run_ids),
-                actor=actor,
-            )
-            record_training(
-                session,
-                ticker=ticker,
-                as_of=as_of,
-                training_cutoff=training_cutoff,
-                decision=decision.action,
-                promoted_version=promoted,
-                champion_version=new_champion,
-                mlflow_run_id=run_ids.get("parent"),
-            )
-            session.flush()
-            if promoted is not None:
-                tracker.set_champion(ticker, promoted)
-                moved = True
-    except BaseException:
-        if moved:
-            _restore_alias(tracker, ticker, previous)
-        raise
-    for version in versions.values():
-        outcome = "promoted" if version == promoted else "rejected"
-        _tag_best_effort(tracker, ticker, version, {"decision": outcome})
-    return AppliedDecision(decision, versions, promoted, new_champion)
+    return versions
 
 
 def _tag_best_effort(tracker: Tracker, ticker: str, version: int, tags: Mapping[str, str]) -> None:
@@ -139,6 +145,27 @@ def _tag_best_effort(tracker: Tracker, ticker: str, version: int, tags: Mapping[
         )
 
 
+@contextmanager
+def _audited_alias_move(
+    tracker: Tracker, engine: Engine, ticker: str, *, to: int | None, previous: int | None
+) -> Iterator[Session]:
+    """One transaction for the audit rows (written in the block) and the alias move to version
+    `to` (None: no move), made last so a failed write never moves it. If the commit fails after
+    the move, the alias is put back to `previous`."""
+    moved = False
+    try:
+        with session_scope(engine) as session:
+            yield session
+            session.flush()
+            if to is not None:
+                tracker.set_champion(ticker, to)
+                moved = True
+    except BaseException:
+        if moved:
+            _restore_alias(tracker, ticker, previous)
+        raise
+
+
 def _restore_alias(tracker: Tracker, ticker: str, previous: int | None) -> None:
     """Best effort: the database did not take the decision, so the alias goes back."""
     try:
@@ -150,45 +177,38 @@ def _restore_alias(tracker: Tracker, ticker: str, previous: int | None) -> None:
         pass
 
 
-def _move_alias_audited(
+def _move_alias_by_hand(
     *,
     tracker: Tracker,
     engine: Engine,
     ticker: str,
-    action: str,
+    action: Literal["manual-promote", "rollback"],
     version: int,
     previous: int | None,
     reason: str,
     actor: str,
-    numbers: Mapping[str, Any],
+    numbers: Mapping[str, str],
 ) -> Promotion:
-    moved = False
-    try:
-        with session_scope(engine) as session:
-            row = add_promotion(
-                session,
-                ticker=ticker,
-                as_of=None,
-                action=action,
-                model_name=model_name(ticker),
-                model_version=version,
-                previous_version=previous,
-                reason=reason,
-                numbers=dict(numbers),
-                run_ids=None,
-                actor=actor,
-            )
-            tracker.set_champion(ticker, version)
-            moved = True
-    except BaseException:
-        if moved:
-            _restore_alias(tracker, ticker, previous)
-        raise
+    """A move by hand (manual promotion, rollback): audited like the gate's, then tagged."""
+    with _audited_alias_move(tracker, engine, ticker, to=version, previous=previous) as session:
+        row = add_promotion(
+            session,
+            ticker=ticker,
+            as_of=None,
+            action=action,
+            model_name=model_name(ticker),
+            model_version=version,
+            previous_version=previous,
+            reason=reason,
+            numbers=dict(numbers),
+            run_ids=None,
+            actor=actor,
+        )
     tracker.tag_version(ticker, version, {"decision": action, "reason": reason[:4000]})
     return row
 
 
-def _version_scores(tags: Mapping[str, str]) -> dict[str, Any]:
+def _version_scores(tags: Mapping[str, str]) -> dict[str, str]:
     return {k: tags[k] for k in ("as_of", "candidate", "mape", "rmse", "naive_mape") if k in tags}
 
 
@@ -209,7 +229,7 @@ def promote_manually(
     previous = current.version if current is not None else None
     if previous == version:
         raise DataError(f"version {version} is already the champion of {ticker}")
-    return _move_alias_audited(
+    return _move_alias_by_hand(
         tracker=tracker,
         engine=engine,
         ticker=ticker,
@@ -237,7 +257,7 @@ def rollback(
             f"{current.version}); use `pricecast promote --version N` to choose one"
         )
     info = tracker.version(ticker, target)
-    return _move_alias_audited(
+    return _move_alias_by_hand(
         tracker=tracker,
         engine=engine,
         ticker=ticker,

@@ -1,8 +1,6 @@
-"""MLflow for pricecast: one experiment and one registered model per ticker, a parent run per
-night with a nested run per candidate, and the registry alias `champion` that marks what serves.
-
-`Tracker` (client calls, no TensorFlow) serves the flow process; `log_candidate_run` and
-`load_keras_model` are used by the training child, which has TensorFlow loaded anyway.
+"""MLflow for the flow process: one experiment and one registered model per ticker, a parent run
+per night, and the registry alias `champion` that marks what serves (no TensorFlow needed here).
+What a night's nested candidate run contains lives in `flows.tracking.candidate_run`.
 """
 
 from __future__ import annotations
@@ -10,15 +8,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from pricecast.errors import ServiceUnavailable
+from pricecast.urls import mask_secrets, mask_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -28,6 +25,8 @@ CHAMPION_ALIAS = "champion"
 #: Model-version tags that hold the model's own metadata (window, normalisation, cutoff, ...).
 META_PREFIX = "meta."
 HINT = "start it (make up) or fix MLFLOW_TRACKING_URI"
+#: MLflow refuses longer param values (MAX_PARAM_VAL_LENGTH).
+MAX_PARAM_CHARS = 6000
 T = TypeVar("T")
 
 
@@ -52,17 +51,6 @@ def is_remote(tracking_uri: str) -> bool:
     return urlparse(tracking_uri).scheme in {"http", "https", "databricks"}
 
 
-def _safe_uri(tracking_uri: str) -> str:
-    """The tracking URI without credentials, for messages."""
-    parsed = urlparse(tracking_uri)
-    if parsed.password or parsed.username:
-        netloc = parsed.hostname or ""
-        if parsed.port:
-            netloc += f":{parsed.port}"
-        return parsed._replace(netloc=netloc).geturl()
-    return tracking_uri
-
-
 def configure_http_defaults(retries: int = 2, timeout_seconds: int = 20) -> None:
     """MLflow's HTTP client retries for minutes by default; a nightly run should fail in seconds.
     Values the user exported win (MLflow reads these variables itself)."""
@@ -72,9 +60,9 @@ def configure_http_defaults(retries: int = 2, timeout_seconds: int = 20) -> None
 
 
 def unavailable(tracking_uri: str, what: str, exc: BaseException) -> ServiceUnavailable:
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    reason = mask_secrets((str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
     return ServiceUnavailable(
-        f"MLflow at {_safe_uri(tracking_uri)} failed while {what}: {reason}; {HINT}. "
+        f"MLflow at {mask_url(tracking_uri)} failed while {what}: {reason}; {HINT}. "
         "The champion is unchanged; rerun the same --as-of to complete the night"
     )
 
@@ -84,15 +72,50 @@ def _probe_http(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
-    url = tracking_uri.rstrip("/") + "/health"
+    # Without the credentials: urllib would take `user:password@host` for a host name, and the
+    # health endpoint needs none (MLflow's own client sends them with every real request).
+    parts = urlsplit(tracking_uri)
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    url = urlunsplit(bare).rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310
             response.read(64)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ServiceUnavailable(
-            f"MLflow tracking server at {_safe_uri(tracking_uri)} is not reachable "
+            f"MLflow tracking server at {mask_url(tracking_uri)} is not reachable "
             f"({getattr(exc, 'reason', exc)}); {HINT}"
         ) from None
+
+
+def param_value(value: object) -> str:
+    """A param as MLflow stores it: text, cut to the longest value it accepts."""
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+
+
+def log_values(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    params: Mapping[str, object] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    series: Mapping[str, Sequence[float]] | None = None,
+    tags: Mapping[str, object] | None = None,
+) -> None:
+    """Params, metrics (each `series` as one value per step) and tags in one request, not one
+    request per value."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+    for key, steps in (series or {}).items():
+        values += [Metric(key, float(v), now, step) for step, v in enumerate(steps)]
+    client.log_batch(
+        run_id,
+        metrics=values,
+        params=[Param(k, param_value(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
 
 
 @dataclass(frozen=True)
@@ -186,7 +209,7 @@ class Tracker:
         ticker: str,
         as_of: dt.date,
         flow_run_id: str | None,
-        params: Mapping[str, Any],
+        params: Mapping[str, object],
     ) -> str:
         tags = {
             "ticker": ticker,
@@ -199,34 +222,17 @@ class Tracker:
             run = self.client.create_run(
                 experiment_id, run_name=f"nightly {ticker} {as_of.isoformat()}", tags=tags
             )
-            self._log(run.info.run_id, params=params)
+            log_values(self.client, run.info.run_id, params=params)
             return str(run.info.run_id)
 
         return self.call("starting the nightly run", create)
 
-    def _log(
-        self,
-        run_id: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, Any] | None = None,
-    ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-        self.client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-            params=[Param(k, str(v)) for k, v in (params or {}).items()],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-        )
-
     def log_summary(
-        self, run_id: str, *, metrics: Mapping[str, float], tags: Mapping[str, Any]
+        self, run_id: str, *, metrics: Mapping[str, float], tags: Mapping[str, object]
     ) -> None:
         self.call(
-            "logging the night's summary", lambda: self._log(run_id, metrics=metrics, tags=tags)
+            "logging the night's summary",
+            lambda: log_values(self.client, run_id, metrics=metrics, tags=tags),
         )
 
     def end_run(self, run_id: str, *, failed: bool = False) -> None:
@@ -263,8 +269,8 @@ class Tracker:
         model_uri: str,
         run_id: str | None,
         model_id: str | None,
-        metadata: Mapping[str, Any],
-        tags: Mapping[str, Any],
+        metadata: Mapping[str, object],
+        tags: Mapping[str, object],
     ) -> int:
         """A new version of the ticker's registered model; metadata and scores as tags."""
         name = model_name(ticker)
@@ -293,7 +299,7 @@ class Tracker:
 
         return self.call(f"registering a version of {name}", register)
 
-    def tag_version(self, ticker: str, version: int, tags: Mapping[str, Any]) -> None:
+    def tag_version(self, ticker: str, version: int, tags: Mapping[str, object]) -> None:
         name = model_name(ticker)
 
         def tag() -> None:
@@ -345,9 +351,9 @@ class Tracker:
     def run_link(self, experiment_id: str, run_id: str) -> str:
         """Where a person finds a run: a UI link for a server, the run id otherwise."""
         if is_remote(self.tracking_uri):
-            base = _safe_uri(self.tracking_uri).rstrip("/")
+            base = mask_url(self.tracking_uri).rstrip("/")
             return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-        return f"run {run_id} (experiment {experiment_id}, {self.tracking_uri})"
+        return f"run {run_id} (experiment {experiment_id}, {mask_url(self.tracking_uri)})"
 
 
 def _version_info(version: ModelVersion) -> VersionInfo:
@@ -373,135 +379,3 @@ def _champion_ref(name: str, version: ModelVersion) -> ChampionRef:
         metadata=metadata,
         tags={k: v for k, v in tags.items() if not k.startswith(META_PREFIX)},
     )
-
-
-# --- used by the training child (TensorFlow already loaded there) ------------------------------
-
-
-@dataclass(frozen=True)
-class LoggedCandidate:
-    run_id: str
-    model_uri: str | None = None
-    model_id: str | None = None
-
-
-@contextmanager
-def _tracking(tracking_uri: str) -> Iterator[None]:
-    import mlflow
-
-    configure_http_defaults()
-    # Set, never restored: the child's threads (logging a run, loading the champion) share this
-    # process-wide URI, and restoring it in one thread pulls it from under the other.
-    mlflow.set_tracking_uri(tracking_uri)
-    yield
-
-
-def log_candidate_run(
-    *,
-    tracking_uri: str,
-    experiment_id: str,
-    parent_run_id: str,
-    name: str,
-    role: str,
-    params: Mapping[str, Any],
-    metrics: Mapping[str, float],
-    weekly_metrics: Mapping[str, Sequence[float]],
-    predictions_csv: str,
-    plot: Callable[[Path], None] | None,
-    keras_model: Any | None = None,
-    input_example: Any | None = None,
-    output_example: Any | None = None,
-    model_metadata: Mapping[str, Any] | None = None,
-    tags: Mapping[str, Any] | None = None,
-) -> LoggedCandidate:
-    """A nested run under the night's parent: params, metrics (per week with `step`), the
-    predictions CSV, a forecast-vs-actual plot and, for a trained candidate, the Keras model."""
-    import mlflow
-
-    try:
-        with (
-            _tracking(tracking_uri),
-            mlflow.start_run(
-                experiment_id=experiment_id,
-                run_name=name,
-                parent_run_id=parent_run_id,
-                nested=True,
-                tags={"pricecast.role": role, "candidate": name, **(tags or {})},
-            ) as run,
-        ):
-            _log_values(tracking_uri, run.info.run_id, params, metrics, weekly_metrics)
-            with tempfile.TemporaryDirectory(prefix="pricecast-") as tmp:
-                (Path(tmp) / "predictions.csv").write_text(predictions_csv)
-                if plot is not None:
-                    plot(Path(tmp) / "forecast_vs_actual.png")
-                mlflow.log_artifacts(tmp)
-            if keras_model is None:
-                return LoggedCandidate(run_id=run.info.run_id)
-            info = _log_keras(
-                keras_model, input_example, output_example, model_metadata or {}, params
-            )
-            return LoggedCandidate(
-                run_id=run.info.run_id, model_uri=info.model_uri, model_id=info.model_id
-            )
-    except ServiceUnavailable:
-        raise
-    except Exception as exc:
-        raise unavailable(tracking_uri, f"logging the {name} run", exc) from exc
-
-
-def _param(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 6000 else text[:5997] + "..."
-
-
-def _log_values(
-    tracking_uri: str,
-    run_id: str,
-    params: Mapping[str, Any],
-    metrics: Mapping[str, float],
-    weekly_metrics: Mapping[str, Sequence[float]],
-) -> None:
-    """Params, metrics and per-week metrics (with `step`) in one request, not one per value."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-
-    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-    values = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-    for key, series in weekly_metrics.items():
-        values += [Metric(key, float(v), now, step) for step, v in enumerate(series)]
-    MlflowClient(tracking_uri=tracking_uri).log_batch(
-        run_id,
-        metrics=values,
-        params=[Param(k, _param(v)) for k, v in params.items()],
-    )
-
-
-def _log_keras(
-    model: Any, input_example: Any, output_example: Any, metadata: Mapping[str, Any], params: Any
-) -> Any:
-    import mlflow.keras
-    from mlflow.models import infer_signature
-
-    # The signature comes from arrays we already have: no extra forward pass through the model.
-    signature = infer_signature(input_example, output_example)
-    # Explicit requirements: MLflow would otherwise start a subprocess to infer them (seconds).
-    requirements = mlflow.keras.get_default_pip_requirements()
-    return mlflow.keras.log_model(
-        model,
-        name="model",
-        signature=signature,
-        pip_requirements=requirements,
-        metadata={k: str(v) for k, v in metadata.items()},
-        params={k: _param(v) for k, v in params.items()},
-    )
-
-
-def load_keras_model(tracking_uri: str, model_uri: str) -> Any:
-    """The Keras model behind a registry URI (e.g. models:/pricecast-BTC-USD/3)."""
-    import mlflow.keras
-
-    try:
-        with _tracking(tracking_uri):
-            return mlflow.keras.load_model(model_uri)
-    except Exception as exc:
-        raise unavailable(tracking_uri, f"loading {model_uri}", exc) from exc

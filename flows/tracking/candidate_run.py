@@ -1,0 +1,246 @@
+"""What an MLflow candidate run contains, logged by the training child: a nested run under the
+night's parent with params, scores (per held-out week as steps), the predictions CSV, a
+forecast-vs-actual plot and, for a model trained tonight, the Keras model with its signature.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flows.tracking.tracker import configure_http_defaults, log_values, param_value, unavailable
+from flows.training.protocol import ModelRole
+from pricecast.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+    import pandas as pd
+    from mlflow.models.model import ModelInfo
+
+    from forecasting.backtest import BacktestResult, CandidateResult
+    from forecasting.candidates import LSTMForecaster
+
+PREDICTIONS_FILE = "predictions.csv"
+PLOT_FILE = "forecast_vs_actual.png"
+MODEL_NAME = "model"
+
+
+@dataclass(frozen=True)
+class LoggedCandidate:
+    run_id: str
+    model_uri: str | None = None
+    model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model trained tonight, as its run logs it: the Keras model, its metadata, and the first
+    held-out window with the model's own output for it (the signature's examples)."""
+
+    keras_model: keras.Model
+    metadata: dict[str, str]
+    input_example: np.ndarray
+    output_example: np.ndarray
+
+
+def trained_model(
+    forecaster: LSTMForecaster,
+    weeks: pd.DataFrame,
+    scored: CandidateResult,
+    backtest: BacktestResult,
+) -> TrainedModel:
+    from forecasting.windows import make_windows
+
+    if forecaster.model is None or forecaster.metadata is None:
+        raise RuntimeError(f"{forecaster.name} was scored but holds no trained model")
+    config = forecaster.metadata.config
+    window = make_windows(
+        weeks,
+        backtest.held_out_weeks[:1],
+        window_weeks=config.window_weeks,
+        normalisation=config.normalisation,
+    )
+    # The signature comes from arrays we already have: no extra forward pass through the model.
+    # The output is relative to the window's last close, as the network predicts it.
+    output = scored.predictions[:1] / window.base_closes[:, None] - 1.0
+    return TrainedModel(
+        keras_model=forecaster.model,
+        metadata={k: str(v) for k, v in forecaster.metadata.to_dict().items()},
+        input_example=window.inputs.astype("float32"),
+        output_example=output.astype("float32"),
+    )
+
+
+def run_params(
+    description: Mapping[str, object],
+    *,
+    role: ModelRole,
+    as_of: str,
+    fingerprint: str,
+    backtest: BacktestResult,
+    holdout_weeks: int,
+    champion_version: int | None,
+) -> dict[str, object]:
+    """A candidate run's params: the model's own description (nested values as JSON), the data
+    it saw and the held-out span; the champion's run also names its registry version."""
+    held_out = backtest.held_out_weeks
+    params: dict[str, object] = {
+        k: (json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v)
+        for k, v in description.items()
+    }
+    params.update(
+        {
+            "as_of": as_of,
+            "data_fingerprint": fingerprint,
+            "held_out_first_week": held_out[0].date().isoformat(),
+            "held_out_last_week": held_out[-1].date().isoformat(),
+            "holdout_weeks": holdout_weeks,
+        }
+    )
+    if role == "champion":
+        params["champion_version"] = champion_version
+    return params
+
+
+def predictions_csv(backtest: BacktestResult, predictions: np.ndarray) -> str:
+    """One line per held-out day: week, date, actual, predicted and error in dollars."""
+    import pandas as pd
+
+    rows = []
+    for week, actual_row, predicted_row in zip(
+        backtest.held_out_weeks, backtest.actuals, predictions, strict=True
+    ):
+        for day in range(7):
+            date = (week + pd.Timedelta(days=day)).date().isoformat()
+            rows.append(
+                f"{week.date().isoformat()},{date},{actual_row[day]:.6f},"
+                f"{predicted_row[day]:.6f},{predicted_row[day] - actual_row[day]:.6f}"
+            )
+    return "week_start,date,actual_close,predicted_close,error\n" + "\n".join(rows) + "\n"
+
+
+def plot_forecast_vs_actual(
+    path: Path, name: str, backtest: BacktestResult, predictions: np.ndarray
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    days = [w + pd.Timedelta(days=d) for w in backtest.held_out_weeks for d in range(7)]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(days, backtest.actuals.ravel(), label="actual", color="black", linewidth=1.2)
+    ax.plot(days, predictions.ravel(), label=name, color="tab:blue", linewidth=1.0)
+    ax.set_title(f"{name}: forecast vs actual on the held-out weeks")
+    ax.set_ylabel("close (USD)")
+    ax.legend()
+    # Few fixed ticks: automatic date locators and tight_layout cost more than the plot.
+    ax.set_xticks(days[:: max(len(days) // 6, 1)])
+    ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d"))
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.12)
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def log_candidate_run(
+    *,
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    role: ModelRole,
+    scored: CandidateResult,
+    backtest: BacktestResult,
+    params: Mapping[str, object],
+    model: TrainedModel | None,
+    tags: Mapping[str, str],
+) -> LoggedCandidate:
+    """The nested run of one scored model under the night's parent run. Tonight's candidates get
+    the plot (the champion and naive only the CSV: plots cost); a trained one gets its model."""
+    import mlflow
+
+    name = scored.name
+    try:
+        _use_tracking_uri(tracking_uri)
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=name,
+            parent_run_id=parent_run_id,
+            nested=True,
+            tags={"pricecast.role": role, "candidate": name, **tags},
+        ) as run:
+            log_values(
+                mlflow.MlflowClient(tracking_uri=tracking_uri),
+                run.info.run_id,
+                params=params,
+                metrics={
+                    "rmse": scored.rmse,
+                    "mape": scored.mape,
+                    "train_seconds": scored.train_seconds,
+                },
+                series={
+                    "weekly_rmse": scored.weekly_rmse.tolist(),
+                    "weekly_mape": scored.weekly_mape.tolist(),
+                },
+            )
+            with tempfile.TemporaryDirectory(prefix="pricecast-") as tmp:
+                folder = Path(tmp)
+                (folder / PREDICTIONS_FILE).write_text(
+                    predictions_csv(backtest, scored.predictions)
+                )
+                if role == "candidate":
+                    plot_forecast_vs_actual(folder / PLOT_FILE, name, backtest, scored.predictions)
+                mlflow.log_artifacts(tmp)
+            if model is None:
+                return LoggedCandidate(run_id=run.info.run_id)
+            info = _log_keras(model, params)
+            return LoggedCandidate(
+                run_id=run.info.run_id, model_uri=info.model_uri, model_id=info.model_id
+            )
+    except ServiceUnavailable:
+        raise
+    except Exception as exc:
+        raise unavailable(tracking_uri, f"logging the {name} run", exc) from exc
+
+
+def _log_keras(model: TrainedModel, params: Mapping[str, object]) -> ModelInfo:
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    # Explicit requirements: MLflow would otherwise start a subprocess to infer them (seconds).
+    requirements = mlflow.keras.get_default_pip_requirements()
+    return mlflow.keras.log_model(
+        model.keras_model,
+        name=MODEL_NAME,
+        signature=infer_signature(model.input_example, model.output_example),
+        pip_requirements=requirements,
+        metadata=dict(model.metadata),
+        params={k: param_value(v) for k, v in params.items()},
+    )
+
+
+def load_keras_model(tracking_uri: str, model_uri: str) -> keras.Model:
+    """The Keras model behind a registry URI (e.g. models:/pricecast-BTC-USD/3)."""
+    import mlflow.keras
+
+    try:
+        _use_tracking_uri(tracking_uri)
+        model: keras.Model = mlflow.keras.load_model(model_uri)
+        return model
+    except Exception as exc:
+        raise unavailable(tracking_uri, f"loading {model_uri}", exc) from exc
+
+
+def _use_tracking_uri(tracking_uri: str) -> None:
+    import mlflow
+
+    configure_http_defaults()
+    # Set, never restored: the child's threads (logging a run, loading the champion) share this
+    # process-wide URI, and restoring it in one thread pulls it from under the other.
+    mlflow.set_tracking_uri(tracking_uri)
