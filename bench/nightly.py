@@ -51,8 +51,8 @@ def run_once(label: str, **params: Any) -> dict[str, Any]:
     started = time.perf_counter()
     result = nightly(**params)
     wall = time.perf_counter() - started
-    timings = result["timings"]
-    train = {c["name"]: c["train_seconds"] for c in result["candidates"]}
+    timings = result.timings
+    train = {c.name: c.train_seconds for c in result.candidates}
     trained = sum(train.values())
     return {
         "label": label,
@@ -63,8 +63,8 @@ def run_once(label: str, **params: Any) -> dict[str, Any]:
         "train_by_candidate": train,
         "overhead_share": 1.0 - trained / wall,
         "timings": timings,
-        "decision": result["decision"],
-        "scores": {c["name"]: round(c["mape"], 3) for c in result["candidates"]},
+        "decision": result.to_dict()["decision"],
+        "scores": {c.name: round(c.mape, 3) for c in result.candidates},
     }
 
 

@@ -14,9 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pricecast.errors import DataError
+from pricecast.urls import mask_url
+
+if TYPE_CHECKING:
+    from flows.night.result import NightResult
 
 #: Chosen so the demo finishes in a few minutes on 2 cores: every night trains (it is a Sunday),
 #: each training costs ~20 s of imports + ~20 s of MLflow logging + the epochs themselves.
@@ -49,19 +53,19 @@ def plan_demo(last_day: dt.date, *, weeks: int = DEMO_BACKFILL_WEEKS) -> DemoPla
 
 
 def ui_commands(*, mlflow_uri: str, prefect_api_url: str | None) -> list[str]:
-    """How to look at what just ran, in the MLflow UI and the Prefect UI."""
+    """How to look at what just ran, in the MLflow UI and the Prefect UI (passwords masked)."""
     bin_dir = Path(sys.executable).parent
     lines = []
     if mlflow_uri.startswith(("http://", "https://")):
-        lines.append(f"MLflow UI:  open {mlflow_uri}")
+        lines.append(f"MLflow UI:  open {mask_url(mlflow_uri)}")
     else:
         command = shlex.join(
-            [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", mlflow_uri,
+            [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", mask_url(mlflow_uri),
              "--host", "127.0.0.1", "--port", "5000"]
         )  # fmt: skip
         lines.append(f"MLflow UI:  {command}   -> http://127.0.0.1:5000")
     if prefect_api_url:
-        lines.append(f"Prefect UI: open {prefect_api_url.removesuffix('/api')}/runs")
+        lines.append(f"Prefect UI: open {mask_url(prefect_api_url).removesuffix('/api')}/runs")
     else:
         # The ephemeral API kept its runs in Prefect's own database (PREFECT_HOME/prefect.db),
         # which a local server started the same way serves.
@@ -80,17 +84,21 @@ def run_demo(
     epochs: int = DEMO_EPOCHS,
     seed: int = 0,
     echo: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> NightResult:
     """Ingest, backfill `weeks` Sundays, run tonight, print what a user wants to see."""
     from flows.ingest.load import ingest
-    from flows.schedule.backfill import patient_prefect_api, run_backfill
+    from flows.schedule.backfill import run_backfill
+    from forecasting.calendar import yesterday_utc
     from pricecast.settings import get_settings
 
     settings = get_settings()
     began = time.perf_counter()
     echo(f"pricecast demo: {ticker} from {source}; state in {settings.resolved_home}")
-    echo(f"  database {settings.redacted_database_url}, MLflow {settings.resolved_mlflow_uri}")
-    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    echo(
+        f"  database {settings.redacted_database_url}, "
+        f"MLflow {mask_url(settings.resolved_mlflow_uri)}"
+    )
+    yesterday = yesterday_utc()
     loaded = ingest(
         ticker=ticker, source=source, database_url=settings.resolved_database_url, as_of=yesterday
     )
@@ -101,27 +109,25 @@ def run_demo(
         f"1. prices: {loaded.first_date} .. {loaded.last_date} "
         f"({loaded.inserted} new, {loaded.updated + loaded.unchanged} already stored)"
     )
-    with patient_prefect_api():
-        if weeks > 0:
-            echo(
-                f"2. backfill: {weeks} Sunday night(s) {plan.backfill_start} .. "
-                f"{plan.backfill_end}, {epochs} epochs (each night is a Prefect flow run)"
-            )
-            backfill = run_backfill(
-                ticker=ticker, source=source, start=plan.backfill_start,
-                end=plan.backfill_end, every="week", seed=seed, epochs=epochs,
-            )  # fmt: skip
-            echo(
-                f"   {len(backfill.replayed)} replayed ({backfill.trained_nights} trained), "
-                f"{backfill.skipped_done} already done, {backfill.seconds:.0f} s"
-            )
-        echo(f"3. tonight: nightly as of {plan.tonight} (the latest complete week)")
-        from flows.night.flow import nightly
-
-        tonight = nightly(
-            ticker=ticker, as_of=plan.tonight, source=source, epochs=epochs, seed=seed
+    if weeks > 0:
+        echo(
+            f"2. backfill: {weeks} Sunday night(s) {plan.backfill_start} .. "
+            f"{plan.backfill_end}, {epochs} epochs (each night is a Prefect flow run)"
         )
-    for line in report_lines(tonight):
+        backfill = run_backfill(
+            ticker=ticker, source=source, start=plan.backfill_start,
+            end=plan.backfill_end, every="week", seed=seed, epochs=epochs,
+        )  # fmt: skip
+        echo(
+            f"   {len(backfill.replayed)} replayed ({backfill.trained_nights} trained), "
+            f"{backfill.skipped_done} already done, {backfill.seconds:.0f} s"
+        )
+    echo(f"3. tonight: nightly as of {plan.tonight} (the latest complete week)")
+    from flows.night.flow import nightly
+    from flows.night.report import scoreboard_lines
+
+    tonight = nightly(ticker=ticker, as_of=plan.tonight, source=source, epochs=epochs, seed=seed)
+    for line in scoreboard_lines(tonight):
         echo(line)
     echo("")
     from flows.schedule.serve import prefect_api_url
@@ -132,49 +138,3 @@ def run_demo(
         echo(line)
     echo(f"done in {time.perf_counter() - began:.0f} s")
     return tonight
-
-
-def report_lines(result: dict[str, Any]) -> list[str]:
-    """Tonight's scoreboard, the decision, the champion and next week's forecast."""
-    lines = [""]
-    if result.get("trained"):
-        lines.append("Scores on the held-out weeks (lower is better):")
-        for model in result.get("candidates", []):
-            lines.append(
-                f"  {model['name']:<10} {model.get('role', ''):<10} "
-                f"MAPE {_pct(model.get('mape'))}  RMSE {_usd(model.get('rmse'))}"
-            )
-        decision = result.get("decision") or {}
-        lines.append(f"Decision: {decision.get('action')} - {decision.get('reason')}")
-    else:
-        lines.append(f"No training tonight: {result.get('train_reason')}")
-    version = result.get("champion_version")
-    lines.append(
-        f"Champion: version {version} of the registered model"
-        if version is not None
-        else "Champion: none yet (no candidate beat the naive baseline); naive forecasts"
-    )
-    forecast = result.get("forecast")
-    if forecast:
-        made_by = (
-            "naive baseline"
-            if forecast.get("is_baseline")
-            else f"{forecast['model_name']} v{forecast['model_version']}"
-        )
-        lines.append(
-            f"Forecast for the next week, {forecast['week_start']} .. "
-            f"{dt.date.fromisoformat(forecast['week_start']) + dt.timedelta(days=6)} "
-            f"(made as of {result['as_of']} by {made_by}):"
-        )
-        for row in forecast["closes"]:
-            day = dt.date.fromisoformat(row["date"])
-            lines.append(f"  {day:%a %Y-%m-%d}  {_usd(row['close'])}")
-    return lines
-
-
-def _pct(value: float | None) -> str:
-    return f"{value:6.2f} %" if value is not None else "     - "
-
-
-def _usd(value: float | None) -> str:
-    return f"${value:,.2f}" if value is not None else "-"

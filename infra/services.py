@@ -30,6 +30,7 @@ from sqlalchemy.pool import NullPool
 
 from pricecast.errors import ConfigError, PricecastError, ServiceUnavailable
 from pricecast.settings import Settings, get_settings
+from pricecast.urls import mask_url
 
 HOST = "127.0.0.1"
 PG_BINARY_DIRS = ("/usr/lib/postgresql/*/bin", "/usr/local/bin")
@@ -515,7 +516,7 @@ def up(settings: Settings, *, own_postgres: bool = False) -> State:
     state.save(layout.state_file)
     for line in notes:
         print(line)
-    print(f"postgres  {pg_mode}: {_masked(admin_url)}")
+    print(f"postgres  {pg_mode}: {mask_url(admin_url)}")
     specs = [mlflow_spec(state, layout), prefect_spec(state, layout)]
     # Both servers boot at once (each takes tens of seconds: imports and schema migrations).
     launched: list[tuple[ServerSpec, int, str]] = []
@@ -547,7 +548,7 @@ def down(settings: Settings) -> None:
         print(f"postgres  {'stopped' if stop_own_postgres(layout) else 'was not running'}")
     else:
         # Not ours to stop; our databases stay so the next `up` finds the data again.
-        print(f"postgres  left running (it was already up): {_masked(state.pg_admin_url)}")
+        print(f"postgres  left running (it was already up): {mask_url(state.pg_admin_url)}")
 
 
 def service_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
@@ -564,7 +565,7 @@ def service_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
         pg_state = "stopped"
     else:
         pg_state = f"down ({reason})"
-    rows = [("postgres", pg_state, _masked(state.pg_admin_url), state.pg_mode)]
+    rows = [("postgres", pg_state, mask_url(state.pg_admin_url), state.pg_mode)]
     for name, port, url in (
         ("mlflow", state.mlflow_port, state.mlflow_url),
         ("prefect", state.prefect_port, state.prefect_url),
@@ -599,10 +600,6 @@ def print_status(settings: Settings) -> None:
     for line in env_exports(state):
         print(f"  {line}")
     print(f"\nUIs: MLflow {state.mlflow_url}   Prefect {state.prefect_url}")
-
-
-def _masked(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _exportable(url: str) -> str:

@@ -5,12 +5,19 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
+
+from pricecast.urls import mask_url
+
+#: Prefect's ephemeral API server (the embedded default) gets 20 s to boot; on a small, busy
+#: machine it needs more. Prefect's own variable; a value the user exported wins.
+PREFECT_DEFAULTS: dict[str, str] = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
 
 
 class Settings(BaseSettings):
@@ -34,6 +41,14 @@ class Settings(BaseSettings):
     http_symbols: dict[str, str] = Field(
         default_factory=dict,
         description='Ticker -> API symbol overrides, JSON: {"BTC-USD": "BTCUSDC"}.',
+    )
+    # Ingest refuses a close more than this fraction away from the day before's (a cut or
+    # mistyped value). The book's BTC file (2013-04-28..2017-11-07) moves at most +43.0% up
+    # (2013-11-18) and -23.4% down (2013-12-18); a value cut by one digit moves -90%.
+    max_daily_move: float = Field(
+        default=0.75,
+        gt=0,
+        description="Largest day-over-day close move ingest accepts, as a fraction (0.75 = 75%).",
     )
 
     window_weeks: int = 40
@@ -61,6 +76,20 @@ class Settings(BaseSettings):
     services_db_prefix: str = ""
     services_timeout_seconds: float = 180.0
 
+    # The universe (`nightly --all`, `pricecast deploy`, `pricecast worker`). Tickers whose nights
+    # run at once in one process: their trainings take turns in its one training process, so a
+    # second night's ingest and promotion overlap the first's training (1 on SQLite).
+    universe_parallel_nights: int = Field(default=2, ge=1)
+    # Batch runs a universe night gives each online worker of the pool: match the workers'
+    # --limit (each run trains in a process of its own, ~1 GB).
+    universe_runs_per_worker: int = Field(default=1, ge=1)
+    universe_wait_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
+    universe_poll_seconds: float = Field(default=5.0, gt=0)
+    worker_pool: str = Field(default="pricecast", description="Work pool of deploy and worker.")
+    # How often a worker asks for runs (Prefect's PREFECT_WORKER_QUERY_SECONDS, default 10 s,
+    # wins when set): batch runs start sooner, at a few requests a second for the server.
+    worker_query_seconds: float = Field(default=5.0, gt=0)
+
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
@@ -74,10 +103,7 @@ class Settings(BaseSettings):
     @property
     def redacted_database_url(self) -> str:
         """The database URL with any password masked, safe to print or log."""
-        try:
-            return make_url(self.resolved_database_url).render_as_string(hide_password=True)
-        except Exception:  # a malformed URL: show nothing secret
-            return "<unparseable database URL>"
+        return mask_url(self.resolved_database_url)
 
     @property
     def resolved_mlflow_uri(self) -> str:
@@ -94,3 +120,14 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def apply_prefect_defaults(environ: MutableMapping[str, str] | None = None) -> None:
+    """Put PREFECT_DEFAULTS into the environment unless already set there.
+
+    Prefect reads its settings once, when it is imported, so this must run before `import
+    prefect` (the CLI calls it first thing); child processes inherit the values.
+    """
+    target = os.environ if environ is None else environ
+    for name, value in PREFECT_DEFAULTS.items():
+        target.setdefault(name, value)

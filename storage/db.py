@@ -23,6 +23,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session
 
 from pricecast.errors import ConfigError, ServiceUnavailable
+from pricecast.urls import mask_secrets, mask_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 HINT = "Start it (make up) or check PRICECAST_DATABASE_URL"
@@ -32,12 +33,9 @@ _upgraded: set[str] = set()
 _upgraded_lock = threading.Lock()
 
 
-def masked(url: str | URL) -> str:
-    """The URL with its password hidden, safe to print or log."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable database URL>"
+def _shown(url: str | URL) -> str:
+    """`url` as it may appear in a message: the password masked."""
+    return mask_url(url if isinstance(url, str) else url.render_as_string(hide_password=False))
 
 
 def make_engine(url: str | URL) -> Engine:
@@ -60,15 +58,15 @@ def make_engine(url: str | URL) -> Engine:
         engine = create_engine(parsed, pool_pre_ping=True)
     except (NoSuchModuleError, ImportError) as exc:
         raise ConfigError(
-            f"unsupported database driver in {masked(parsed)}: {exc}. "
+            f"unsupported database driver in {_shown(parsed)}: {exc}. "
             "Use postgresql+psycopg2://... or sqlite:///... in PRICECAST_DATABASE_URL"
         ) from None
     except ArgumentError as exc:
-        raise ConfigError(f"invalid database URL {masked(parsed)}: {exc}") from None
+        raise ConfigError(f"invalid database URL {_shown(parsed)}: {exc}") from None
     if engine.dialect.is_async:
         engine.dispose()
         raise ConfigError(
-            f"async driver in {masked(parsed)} is not supported; "
+            f"async driver in {_shown(parsed)} is not supported; "
             "use postgresql+psycopg2://... in PRICECAST_DATABASE_URL"
         )
     return engine
@@ -95,17 +93,8 @@ def unavailable(engine_or_url: Engine | str | URL, exc: BaseException) -> Servic
     """A ServiceUnavailable for a database that refused or could not take a connection."""
     url = engine_or_url.url if isinstance(engine_or_url, Engine) else engine_or_url
     orig = getattr(exc, "orig", None) or exc
-    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    return ServiceUnavailable(f"database unreachable at {masked(url)}: {reason}. {HINT}")
-
-
-def check_connection(engine: Engine) -> None:
-    """Connect once; raise ServiceUnavailable (password masked) if the database is not there."""
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except (OperationalError, InterfaceError) as exc:
-        raise unavailable(engine, exc) from exc
+    reason = mask_secrets((str(orig).strip().splitlines() or [type(orig).__name__])[0])
+    return ServiceUnavailable(f"database unreachable at {_shown(url)}: {reason}. {HINT}")
 
 
 @contextmanager
@@ -183,13 +172,6 @@ def current_revision(engine: Engine) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     except (OperationalError, InterfaceError) as exc:
         raise unavailable(engine, exc) from exc
-
-
-def head_revision() -> str | None:
-    """The newest migration shipped with this code."""
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def _key(engine: Engine) -> str:

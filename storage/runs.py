@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -29,10 +29,19 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from pricecast.errors import ConfigError
 from storage.models import TICKER_LENGTH, Base, utc_now
 
-RUN_STATUSES = ("running", "done", "failed")
-PROMOTION_ACTIONS = ("promote", "keep", "manual-promote", "rollback")
+#: Where a night is: started, finished, or stopped by an error (a rerun reopens it).
+RunStatus = Literal["running", "done", "failed"]
+#: What the promotion gate decided on a night that trained.
+GateDecision = Literal["promote", "keep"]
+#: What happened to the champion alias: the gate's decisions and the manual moves.
+PromotionAction = Literal["promote", "keep", "manual-promote", "rollback"]
 NAME_LENGTH = 200
 RUN_ID_LENGTH = 64
+
+
+def _one_of(column: str, values: object) -> str:
+    """A CHECK constraint's SQL: `column` holds one of the values of a Literal type."""
+    return f"{column} IN ({', '.join(repr(v) for v in get_args(values))})"
 
 
 class NightlyRun(Base):
@@ -45,19 +54,19 @@ class NightlyRun(Base):
     __tablename__ = "nightly_runs"
     __table_args__ = (
         UniqueConstraint("ticker", "as_of"),
-        CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),
+        CheckConstraint(_one_of("status", RunStatus), name="status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     ticker: Mapped[str] = mapped_column(String(TICKER_LENGTH))
     as_of: Mapped[dt.date] = mapped_column(Date)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[RunStatus] = mapped_column(String(16))
     trained: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Monday of the latest complete week visible as of `as_of` ("has a week completed since?").
     last_complete_week: Mapped[dt.date | None] = mapped_column(Date)
     #: First held-out week: candidates trained only on target weeks before it.
     training_cutoff: Mapped[dt.date | None] = mapped_column(Date)
-    decision: Mapped[str | None] = mapped_column(String(16))
+    decision: Mapped[GateDecision | None] = mapped_column(String(16))
     promoted_version: Mapped[int | None] = mapped_column(Integer)
     champion_version: Mapped[int | None] = mapped_column(Integer)
     flow_run_id: Mapped[str | None] = mapped_column(String(RUN_ID_LENGTH))
@@ -75,16 +84,14 @@ class Promotion(Base):
     __tablename__ = "promotions"
     __table_args__ = (
         Index("ix_promotions_ticker_created_at", "ticker", "created_at"),
-        CheckConstraint(
-            "action IN ('promote', 'keep', 'manual-promote', 'rollback')", name="action"
-        ),
+        CheckConstraint(_one_of("action", PromotionAction), name="action"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     ticker: Mapped[str] = mapped_column(String(TICKER_LENGTH))
     #: The night that decided (None for a manual move made outside a nightly run).
     as_of: Mapped[dt.date | None] = mapped_column(Date)
-    action: Mapped[str] = mapped_column(String(16))
+    action: Mapped[PromotionAction] = mapped_column(String(16))
     model_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     #: The version the alias points at after this decision (None: there is no champion).
     model_version: Mapped[int | None] = mapped_column(Integer)
@@ -195,7 +202,7 @@ def record_training(
     ticker: str,
     as_of: dt.date,
     training_cutoff: dt.date | None,
-    decision: str,
+    decision: GateDecision,
     promoted_version: int | None,
     champion_version: int | None,
     mlflow_run_id: str | None,
@@ -261,17 +268,6 @@ def done_dates(
     return set(session.scalars(query))
 
 
-def list_runs(session: Session, *, ticker: str, limit: int = 50) -> list[NightlyRun]:
-    return list(
-        session.scalars(
-            select(NightlyRun)
-            .where(NightlyRun.ticker == ticker)
-            .order_by(NightlyRun.as_of.desc())
-            .limit(limit)
-        )
-    )
-
-
 # --- promotions audit ---------------------------------------------------------------------------
 
 
@@ -280,7 +276,7 @@ def add_promotion(
     *,
     ticker: str,
     as_of: dt.date | None,
-    action: str,
+    action: PromotionAction,
     model_name: str,
     model_version: int | None,
     previous_version: int | None,
@@ -290,8 +286,9 @@ def add_promotion(
     numbers: Mapping[str, Any] | None = None,
     run_ids: Mapping[str, Any] | None = None,
 ) -> Promotion:
-    if action not in PROMOTION_ACTIONS:
-        raise ValueError(f"unknown promotion action {action!r}; one of {PROMOTION_ACTIONS}")
+    # The CHECK constraint would refuse it too, but only at commit and with a database's words.
+    if action not in get_args(PromotionAction):
+        raise ValueError(f"unknown promotion action {action!r}; one of {get_args(PromotionAction)}")
     row = Promotion(
         ticker=ticker,
         as_of=as_of,
@@ -336,12 +333,13 @@ def alias_moves(session: Session, *, ticker: str) -> list[Promotion]:
 # --- forecasts ----------------------------------------------------------------------------------
 
 
-def _insert(session: Session):  # type: ignore[no-untyped-def]
+def _insert_forecasts(session: Session) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into `forecasts` in the session's dialect (both know ON CONFLICT DO NOTHING)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert
+        return postgresql.insert(Forecast)
     if dialect == "sqlite":
-        return sqlite.insert
+        return sqlite.insert(Forecast)
     raise ConfigError(
         f"database dialect {dialect!r} is not supported; use PostgreSQL "
         "(postgresql+psycopg2://...) or SQLite (sqlite:///...) in PRICECAST_DATABASE_URL"
@@ -377,7 +375,7 @@ def store_forecast(
         for target_date, close in sorted(closes.items())
     ]
     statement = (
-        _insert(session)(Forecast)
+        _insert_forecasts(session)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["ticker", "as_of", "target_date"])
     )
@@ -393,17 +391,6 @@ def forecasts_for(session: Session, *, ticker: str, as_of: dt.date) -> list[Fore
             .order_by(Forecast.target_date)
         )
     )
-
-
-def latest_forecast(session: Session, *, ticker: str, as_of: dt.date) -> list[Forecast]:
-    """The most recent night's forecast made up to `as_of` (empty if none)."""
-    night = session.scalar(
-        select(Forecast.as_of)
-        .where(Forecast.ticker == ticker, Forecast.as_of <= as_of)
-        .order_by(Forecast.as_of.desc())
-        .limit(1)
-    )
-    return [] if night is None else forecasts_for(session, ticker=ticker, as_of=night)
 
 
 def record_actuals(
@@ -475,16 +462,6 @@ def add_forecast_score(
     session.add(row)
     session.flush()
     return row
-
-
-def forecast_scores(
-    session: Session, *, ticker: str, as_of: dt.date | None = None
-) -> list[ForecastScore]:
-    """Realised scores of forecast weeks that ended by `as_of` (all if None), oldest first."""
-    query = select(ForecastScore).where(ForecastScore.ticker == ticker)
-    if as_of is not None:
-        query = query.where(ForecastScore.last_target_date <= as_of)
-    return list(session.scalars(query.order_by(ForecastScore.as_of)))
 
 
 def scored_forecasts(session: Session, *, ticker: str, as_of: dt.date) -> list[Forecast]:

@@ -1,11 +1,13 @@
-"""The `pricecast` command line. Each group of commands lives in its own module and registers here.
+"""The `pricecast` command line: the typer app, the command table and the error handling.
 
-Heavy imports (TensorFlow, MLflow, Prefect) happen inside the commands, so `--help` stays fast.
+Each group of commands lives in its own module (data, models, nightly, ops); heavy imports
+(TensorFlow, MLflow, Prefect) happen inside the commands, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 import typer
@@ -16,6 +18,7 @@ from flows.cli import nightly as cli_nightly
 from flows.cli import ops as cli_ops
 from pricecast import __version__
 from pricecast.errors import PricecastError
+from pricecast.settings import apply_prefect_defaults
 
 app = typer.Typer(
     name="pricecast",
@@ -49,8 +52,22 @@ def _root(
     """Options that apply to every command."""
 
 
-for _module in (cli_data, cli_models, cli_nightly, cli_ops):
-    _module.register(app)
+#: Every command, in the order `pricecast --help` lists them (the README's order).
+COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("ingest", cli_data.ingest_command),
+    ("weeks", cli_data.weeks_command),
+    ("backtest", cli_models.backtest_command),
+    ("nightly", cli_nightly.nightly_command),
+    ("champion", cli_models.champion_command),
+    ("promote", cli_models.promote_command),
+    ("rollback", cli_models.rollback_command),
+    ("demo", cli_ops.demo_command),
+    ("serve", cli_ops.serve_command),
+    ("backfill", cli_ops.backfill_command),
+)
+for _name, _command in COMMANDS:
+    app.command(_name)(_command)
+app.add_typer(cli_data.db_app)
 
 
 def _describe_unexpected(exc: BaseException) -> str | None:
@@ -74,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line per user-caused failure; traceback with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    # Before any command imports Prefect: Prefect reads its settings when it is imported.
+    apply_prefect_defaults()
     try:
         code = app(args=args, standalone_mode=False)
     except click.exceptions.Exit as exc:

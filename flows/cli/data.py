@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-from typing import Any
+from typing import TypedDict
 
 import typer
 
-from pricecast.errors import DataError
-
-DEFAULT_TICKER = "BTC-USD"
+from flows.cli.common import DEFAULT_TICKER, open_engine, parse_day, print_json, stored_closes
 
 db_app = typer.Typer(
     name="db",
@@ -19,57 +16,15 @@ db_app = typer.Typer(
 )
 
 
-def parse_day(value: str | None, option: str) -> dt.date | None:
-    """'2024-01-31' -> date; None stays None. DataError naming the option otherwise."""
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value.strip())
-    except ValueError:
-        raise DataError(
-            f"{option} {value!r} is not a date: use YYYY-MM-DD, e.g. 2024-01-31"
-        ) from None
-
-
-def _engine():  # type: ignore[no-untyped-def]
-    from pricecast.settings import get_settings
-    from storage.db import make_engine
-
-    return make_engine(get_settings().resolved_database_url)
-
-
-def stored_closes(ticker: str, as_of: dt.date) -> list[tuple[dt.date, float]]:
-    """The ticker's stored daily closes up to `as_of`; DataError saying how to load some if none."""
-    from storage.db import ensure_schema, session_scope
-    from storage.prices import read_closes
-
-    engine = _engine()
-    try:
-        ensure_schema(engine)
-        with session_scope(engine) as session:
-            closes = read_closes(session, ticker=ticker, as_of=as_of)
-    finally:
-        engine.dispose()
-    if not closes:
-        raise DataError(
-            f"no prices stored for {ticker} up to {as_of}; load some first, e.g. "
-            f"pricecast ingest --ticker {ticker} --source synthetic"
-        )
-    return closes
-
-
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the schema migrations up to the newest (other commands do this on first use)."""
     from pricecast.settings import get_settings
     from storage.db import current_revision, upgrade
 
-    engine = _engine()
-    try:
+    with open_engine(migrate=False) as engine:
         upgrade(engine)
         revision = current_revision(engine)
-    finally:
-        engine.dispose()
     typer.echo(f"database {get_settings().redacted_database_url} is at revision {revision} (head)")
 
 
@@ -121,15 +76,36 @@ def ingest_command(
         skip_invalid=skip_invalid,
     )
     if as_json:
-        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        print_json(summary.to_dict())
     else:
         for line in summary.lines():
             typer.echo(line)
 
 
-def weeks_report(
-    closes: list[tuple[dt.date, float]], *, as_of: dt.date, last: int
-) -> dict[str, Any]:
+class WeekRow(TypedDict):
+    week_start: str
+    iso_week: str
+    days: int
+    complete: bool
+    #: Monday..Sunday; None for a missing day.
+    closes: list[float | None]
+
+
+class WeeksReport(TypedDict):
+    """`pricecast weeks --json` (with `ticker` in front)."""
+
+    as_of: str
+    first_date: str | None
+    last_date: str | None
+    days: int
+    complete_weeks: int
+    incomplete_weeks: int
+    missing_days: int
+    missing_dates: list[str]
+    last_weeks: list[WeekRow]
+
+
+def weeks_report(closes: list[tuple[dt.date, float]], *, as_of: dt.date, last: int) -> WeeksReport:
     """Counts of complete and incomplete ISO weeks, missing days, and the last `last` weeks."""
     import pandas as pd
 
@@ -186,13 +162,12 @@ def weeks_command(
     Only complete weeks (seven closes) can train or score a model; the week in progress and
     weeks with a missing day cannot.
     """
-    from flows.ingest.load import today_utc
+    from forecasting.calendar import today_utc
 
     day = parse_day(as_of, "--as-of") or today_utc()
-    closes = stored_closes(ticker, day)
-    report = {"ticker": ticker, **weeks_report(closes, as_of=day, last=last)}
+    report = weeks_report(stored_closes(ticker, day), as_of=day, last=last)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        print_json({"ticker": ticker, **report})
         return
     typer.echo(
         f"{ticker} as of {day}: {report['days']} days from {report['first_date']} to "
@@ -209,10 +184,3 @@ def weeks_command(
         closes_text = " ".join("-" if c is None else f"{c:.2f}" for c in week["closes"])
         state = "complete" if week["complete"] else f"{week['days']}/7 days"
         typer.echo(f"  {week['iso_week']} ({week['week_start']}) {state:>9}: {closes_text}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add `db upgrade`, `ingest` and `weeks` to the `pricecast` app."""
-    app.add_typer(db_app)
-    app.command("ingest")(ingest_command)
-    app.command("weeks")(weeks_command)

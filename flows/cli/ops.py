@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import sys
 
 import typer
 
-from flows.cli.data import parse_day
+from flows.cli.common import DEFAULT_TICKER, parse_required_day, print_json
+from flows.schedule.serve import DEFAULT_CRON, DEFAULT_TIMEZONE
 
 TICKER_HELP = "Ticker symbol, e.g. BTC-USD."
 SOURCE_HELP = "Price source: synthetic, http, or csv:PATH (a Yahoo/CoinMarketCap/exchange export)."
 
 
-def parse_date(value: str, option: str) -> dt.date:
-    """A required YYYY-MM-DD option."""
-    day = parse_day(value, option)
-    assert day is not None  # a required option is never None
-    return day
-
-
-def serve(
+def serve_command(
     ticker: list[str] = typer.Option(
         ..., "--ticker", help=TICKER_HELP + " Repeat for several (one deployment each)."
     ),
     source: str = typer.Option(..., "--source", help=SOURCE_HELP),
-    cron: str = typer.Option("0 2 * * *", "--cron", help="When the nightly runs (cron syntax)."),
-    timezone: str = typer.Option("UTC", "--timezone", help="Timezone of the cron schedule."),
+    cron: str = typer.Option(DEFAULT_CRON, "--cron", help="When the nightly runs (cron syntax)."),
+    timezone: str = typer.Option(
+        DEFAULT_TIMEZONE, "--timezone", help="Timezone of the cron schedule."
+    ),
     limit: int = typer.Option(
         1, "--limit", min=1, help="Nightly runs executed at once (each training needs ~1 GB)."
     ),
@@ -44,8 +38,8 @@ def serve(
     serve_nightly(ticker, source=source, cron=cron, timezone=timezone, limit=limit)
 
 
-def backfill(
-    ticker: str = typer.Option("BTC-USD", "--ticker", help=TICKER_HELP),
+def backfill_command(
+    ticker: str = typer.Option(DEFAULT_TICKER, "--ticker", help=TICKER_HELP),
     source: str = typer.Option(..., "--source", help=SOURCE_HELP),
     start: str = typer.Option(..., "--start", help="First night to replay (YYYY-MM-DD)."),
     end: str = typer.Option(..., "--end", help="Last night to replay (YYYY-MM-DD, inclusive)."),
@@ -71,14 +65,14 @@ def backfill(
         summary = run_backfill(
             ticker=ticker,
             source=source,
-            start=parse_date(start, "--start"),
-            end=parse_date(end, "--end"),
+            start=parse_required_day(start, "--start"),
+            end=parse_required_day(end, "--end"),
             every=every,
             seed=seed,
             epochs=epochs,
         )
     if as_json:
-        typer.echo(json.dumps(summary.to_json(), indent=2))
+        print_json(summary.to_json())
         return
     typer.echo(
         f"backfill {ticker} {summary.start}..{summary.end} every {every}: "
@@ -88,8 +82,8 @@ def backfill(
     )
 
 
-def demo(
-    ticker: str = typer.Option("BTC-USD", "--ticker", help=TICKER_HELP),
+def demo_command(
+    ticker: str = typer.Option(DEFAULT_TICKER, "--ticker", help=TICKER_HELP),
     source: str = typer.Option("synthetic", "--source", help=SOURCE_HELP),
     weeks: int = typer.Option(2, "--weeks", min=0, help="Sunday nights to backfill first."),
     epochs: int = typer.Option(20, "--epochs", min=1, help="Training epochs per candidate."),
@@ -106,9 +100,3 @@ def demo(
     from flows.demo import run_demo
 
     run_demo(ticker=ticker, source=source, weeks=weeks, epochs=epochs, seed=seed, echo=typer.echo)
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `pricecast` app."""
-    for name, command in (("demo", demo), ("serve", serve), ("backfill", backfill)):
-        app.command(name)(command)

@@ -16,9 +16,6 @@ if TYPE_CHECKING:
     from flows.tracking.promotion import AppliedDecision
     from flows.tracking.tracker import ChampionRef
 
-#: What a gate or a person did to the champion alias (the `promotions.action` column).
-Action = Literal["promote", "keep", "manual-promote", "rollback", "external-move"]
-
 
 @dataclass(frozen=True)
 class TrainingPlan:

@@ -15,12 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from forecasting.calendar import yesterday_utc
 from pricecast.errors import DataError, PricecastError
 
 EVERY = ("day", "week")
-#: The ephemeral Prefect API boots a server subprocess; Prefect's default 20 s is too short on a
-#: small, busy machine.
-EPHEMERAL_STARTUP_SECONDS = 180
 
 
 class BackfillStopped(PricecastError):
@@ -78,21 +76,6 @@ class BackfillSummary:
         }
 
 
-@contextmanager
-def patient_prefect_api(seconds: int = EPHEMERAL_STARTUP_SECONDS) -> Iterator[None]:
-    """Give Prefect's ephemeral API time to boot, unless the user already allowed more."""
-    from prefect.settings import (
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP,
-    )
-    from prefect.settings import temporary_settings
-
-    if STARTUP.value() >= seconds:
-        yield
-        return
-    with temporary_settings(updates={STARTUP: seconds}):
-        yield
-
-
 def backfill_dates(
     start: dt.date, end: dt.date, every: str = "day", *, today: dt.date | None = None
 ) -> list[dt.date]:
@@ -104,7 +87,7 @@ def backfill_dates(
         raise DataError(f"--every {every!r} is not one of {', '.join(EVERY)}")
     if end < start:
         raise DataError(f"--end {end} is before --start {start}; give the range oldest first")
-    yesterday = (today or dt.datetime.now(dt.UTC).date()) - dt.timedelta(days=1)
+    yesterday = yesterday_utc() if today is None else today - dt.timedelta(days=1)
     if end > yesterday:
         raise DataError(
             f"--end {end} is not over yet (latest final night: {yesterday}); the nightly run "
@@ -154,11 +137,11 @@ def replay_night(
         result = nightly(ticker=ticker, as_of=as_of, source=source, **options)
     return NightOutcome(
         as_of=as_of,
-        trained=bool(result.get("trained")),
-        promoted=result.get("promoted"),
-        champion_version=result.get("champion_version"),
+        trained=result.trained,
+        promoted=result.promoted,
+        champion_version=result.champion_version,
         seconds=time.perf_counter() - began,
-        timings=dict(result.get("timings") or {}),
+        timings=dict(result.timings),
     )
 
 
@@ -195,7 +178,7 @@ def run_backfill(
         nights=len(dates),
         skipped_done=len(dates) - len(todo),
     )
-    with patient_prefect_api(), _progress(len(todo), show_progress) as advance:
+    with _progress(len(todo), show_progress) as advance:
         for as_of in todo:
             advance(f"{ticker} as of {as_of}", None)
             try:

@@ -17,3 +17,24 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_prefect_log_handlers() -> Iterator[None]:
+    """Rebind Prefect's console handlers to this test's streams.
+
+    Prefect binds its console handler to the sys.stderr of the first flow run; pytest's capture
+    closes that stream after the test, and a later test's log record then fails inside the
+    handler (RecursionError through the logging error path).
+    """
+    import logging
+    import sys
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in ["", *logging.root.manager.loggerDict]:
+        found = logging.getLogger(name) if name else logging.root
+        for handler in getattr(found, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setStream(sys.stderr)
+    yield

@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from flows.ingest.load import ingest
 from flows.schedule.backfill import BackfillStopped, run_backfill
 from flows.tracking.tracker import experiment_name
 from pricecast.settings import get_settings
 from storage.db import make_engine, session_scope
-from storage.runs import list_runs
+from storage.runs import NightlyRun
 from tests.flows.nightly_data import SMALL, trend_prices, write_csv
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("prefect_harness")]
@@ -70,7 +71,9 @@ def test_daily_backfill_trains_weekly_stops_resumes_and_skips(
     engine = make_engine(url)
     try:
         with session_scope(engine) as session:
-            runs = sorted(list_runs(session, ticker=TICKER), key=lambda r: r.as_of)
+            runs = session.scalars(
+                select(NightlyRun).where(NightlyRun.ticker == TICKER).order_by(NightlyRun.as_of)
+            ).all()
             nights = [(r.as_of, r.status, r.trained, r.last_complete_week) for r in runs]
     finally:
         engine.dispose()

@@ -127,3 +127,25 @@ def test_debug_shows_the_traceback(capsys) -> None:
 def test_help(command, capsys) -> None:
     code, out, _ = run([*command, "--help"], capsys)
     assert code == 0 and "Usage:" in out
+
+
+def test_prefect_defaults_are_set_before_any_command_can_import_prefect(monkeypatch) -> None:
+    """Prefect reads its settings when imported: the CLI must not import it before `main`."""
+    import os
+    import subprocess
+    import sys
+
+    from pricecast.settings import PREFECT_DEFAULTS
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, flows.cli; print('prefect' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"
+    for name in PREFECT_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert {name: os.environ[name] for name in PREFECT_DEFAULTS} == PREFECT_DEFAULTS

@@ -14,6 +14,17 @@ from tests.flows.nightly_data import LEARNING_EPOCHS, NIGHT_1, trend_prices, wri
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def prefect_logging_on_the_session_stderr() -> None:
+    """Prefect configures its logging on first use (`from prefect import flow`), binding its
+    console handler to the sys.stderr of that moment. Inside a test that is capsys's buffer,
+    closed after the test: every later Prefect log line in the session would then fail with
+    "I/O operation on closed file" (and recurse). Configure it here, before capsys exists."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+
+
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exited:
         main(list(argv))

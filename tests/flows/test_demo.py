@@ -9,12 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from flows.demo import plan_demo, run_demo, ui_commands
 from pricecast.errors import DataError
 from pricecast.settings import get_settings
 from storage.db import make_engine, session_scope
-from storage.runs import forecasts_for, list_runs
+from storage.runs import NightlyRun, forecasts_for
 from tests.flows.nightly_data import LAST_DAY, SMALL, trend_prices, write_csv
 
 D = dt.date
@@ -67,7 +68,7 @@ def test_demo_on_a_csv_prints_champion_forecast_and_ui_commands(
 
     out = "\n".join(printed)
     tonight = LAST_DAY  # the file ends on a Sunday
-    assert result["as_of"] == tonight.isoformat()
+    assert result.as_of == tonight
     assert f"backfill: 1 Sunday night(s) {tonight - dt.timedelta(weeks=1)}" in out
     assert re.search(r"^Champion: (version \d+|none yet)", out, flags=re.MULTILINE), out
     next_week = [tonight + dt.timedelta(days=i) for i in range(1, 8)]
@@ -80,7 +81,8 @@ def test_demo_on_a_csv_prints_champion_forecast_and_ui_commands(
     engine = make_engine(settings.resolved_database_url)
     try:
         with session_scope(engine) as session:
-            nights = sorted((r.as_of, r.status) for r in list_runs(session, ticker="BTC-USD"))
+            rows = session.scalars(select(NightlyRun).where(NightlyRun.ticker == "BTC-USD"))
+            nights = sorted((r.as_of, r.status) for r in rows)
             stored = [
                 f.target_date for f in forecasts_for(session, ticker="BTC-USD", as_of=tonight)
             ]

@@ -80,7 +80,6 @@ def _artifact_markdown(flow_run_id: str) -> list[str]:
         ArtifactFilter,
         FlowRunFilter,
         FlowRunFilterId,
-        TaskRunFilter,
     )
     from prefect.client.schemas.sorting import ArtifactSort
 
@@ -88,7 +87,7 @@ def _artifact_markdown(flow_run_id: str) -> list[str]:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(),
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
-            task_run_filter=TaskRunFilter(),
+            task_run_filter=None,
             sort=ArtifactSort.CREATED_DESC,
             limit=10,
             offset=0,
@@ -104,7 +103,7 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     ingest(ticker=ticker, source=f"csv:{csv}", database_url=on_postgres)
     params = {**SMALL, "epochs": LEARNING_EPOCHS, "source": f"csv:{csv}", "ticker": ticker}
 
-    first = nightly(as_of=NIGHT_1, **params)
+    first = nightly(as_of=NIGHT_1, **params).to_dict()
 
     assert first["trained"] and first["train_reason"] == "no night has trained yet"
     scored = {c["name"]: c for c in first["candidates"]}
@@ -167,7 +166,7 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     assert f"# Nightly {ticker} as of {NIGHT_1}" in report
     assert f"| {first['promoted']} | candidate |" in report
 
-    second = nightly(as_of=NIGHT_2, **params)
+    second = nightly(as_of=NIGHT_2, **params).to_dict()
 
     assert second["trained"] and "week of 2020-09-07 completed" in second["train_reason"]
     roles = {c["name"]: c["role"] for c in second["candidates"]}
@@ -193,7 +192,7 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     versions_after_two = len(client.search_model_versions(f"name = '{model_name(ticker)}'"))
     assert versions_after_two == 4
 
-    again = nightly(as_of=NIGHT_2, **params)
+    again = nightly(as_of=NIGHT_2, **params).to_dict()
 
     assert not again["trained"] and "no week has completed" in again["train_reason"]
     assert again["decision"] is None and again["forecast"] is None
@@ -212,7 +211,7 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
         # As if the first attempt had failed after the gate but before the forecast was stored.
         session.execute(delete(Forecast).where(Forecast.as_of == NIGHT_2))
 
-    repaired = nightly(as_of=NIGHT_2, **params)
+    repaired = nightly(as_of=NIGHT_2, **params).to_dict()
 
     # No training, but the champion (loaded in the child) forecasts the same closes again.
     assert not repaired["trained"]
@@ -228,7 +227,7 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
 def test_when_naive_wins_nothing_is_promoted_and_naive_forecasts(tmp_path: Path) -> None:
     # On SQLite (the embedded default). Flat prices over the held-out weeks: naive is exact.
     csv = write_csv(tmp_path / "flat.csv", trend_prices(flat_from=dt.date(2020, 8, 16)))
-    result = nightly(ticker="FLAT", as_of=NIGHT_1, source=f"csv:{csv}", epochs=3, **SMALL)
+    result = nightly(ticker="FLAT", as_of=NIGHT_1, source=f"csv:{csv}", epochs=3, **SMALL).to_dict()
 
     assert result["trained"]
     scored = {c["name"]: c for c in result["candidates"]}
@@ -286,7 +285,7 @@ def test_mlflow_failing_at_the_alias_move_leaves_the_champion_and_a_rerun_comple
         assert run is not None and (run.status, run.trained) == ("failed", False)
         assert "is not reachable" in (run.error or "")
 
-    rerun = nightly(as_of=NIGHT_1, **params)
+    rerun = nightly(as_of=NIGHT_1, **params).to_dict()
 
     assert rerun["trained"] and rerun["promoted"] is not None
     champion = Tracker(get_settings().resolved_mlflow_uri).champion(ticker)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from flows.night.flow import markdown_report, realised_accuracy
 from flows.night.policy import decide_training, forecast_week_due
+from flows.night.report import markdown, scoreboard_lines, summary_lines
+from flows.night.result import (
+    ForecastDay,
+    MlflowRefs,
+    ModelScore,
+    NightDecision,
+    NightForecast,
+    NightResult,
+    RealisedAccuracy,
+)
+from flows.night.tasks import realised_accuracy
 from forecasting.calendar import last_complete_week, training_windows_available, yesterday_utc
 from forecasting.weeks import group_iso_weeks
 
@@ -79,11 +90,11 @@ def test_training_windows_count_only_weeks_ended_by_as_of() -> None:
 
 
 def test_realised_accuracy_over_forecast_days() -> None:
-    scores = realised_accuracy([(100.0, 110.0), (200.0, 190.0)])
-    assert scores["days"] == 2
-    assert scores["rmse"] == pytest.approx(10.0)
-    assert scores["mape"] == pytest.approx(7.5)
-    assert realised_accuracy([]) == {"days": 0, "rmse": None, "mape": None}
+    scores = realised_accuracy([(100.0, 110.0), (200.0, 190.0)], weeks_scored=1)
+    assert (scores.days, scores.weeks_scored_tonight) == (2, 1)
+    assert scores.rmse == pytest.approx(10.0)
+    assert scores.mape == pytest.approx(7.5)
+    assert realised_accuracy([], 0) == RealisedAccuracy(days=0, rmse=None, mape=None)
 
 
 def test_yesterday_is_utc() -> None:
@@ -91,46 +102,63 @@ def test_yesterday_is_utc() -> None:
     assert yesterday_utc(late) == D(2024, 1, 1)
 
 
-def test_the_markdown_report_names_scores_decision_and_runs() -> None:
-    report = markdown_report(
-        {
-            "ticker": "BTC-USD",
-            "as_of": "2024-01-07",
-            "trained": True,
-            "train_reason": "no night has trained yet",
-            "decision": {"action": "promote", "reason": "fresh beats naive"},
-            "champion_version": 3,
-            "candidates": [
-                {
-                    "name": "fresh",
-                    "role": "candidate",
-                    "mape": 3.21,
-                    "rmse": 812.5,
-                    "train_seconds": 20.0,
-                    "mlflow_run_id": "abc",
-                },
-                {
-                    "name": "naive",
-                    "role": "baseline",
-                    "mape": 4.0,
-                    "rmse": 900.0,
-                    "train_seconds": 0.0,
-                    "mlflow_run_id": "def",
-                },
-            ],
-            "held_out_weeks": ["2023-12-25", "2024-01-01"],
-            "forecast": {
-                "model_name": "pricecast-BTC-USD",
-                "model_version": 3,
-                "is_baseline": False,
-                "closes": [{"date": "2024-01-08", "close": 1.5}],
-            },
-            "realised": {"days": 7, "mape": 2.5, "rmse": 10.0, "weeks_scored_tonight": 1},
-            "mlflow": {"parent_run": "run xyz"},
-            "timings": {"total_seconds": 30.0, "train_seconds": 20.0},
-        }
+def _night() -> NightResult:
+    return NightResult(
+        ticker="BTC-USD",
+        as_of=D(2024, 1, 7),
+        source="synthetic",
+        flow_run_id="flow-1",
+        trained=True,
+        train_reason="no night has trained yet",
+        latest_complete_week=D(2024, 1, 1),
+        champion_version=3,
+        mlflow=MlflowRefs("1", "xyz", "run xyz"),
+        realised=RealisedAccuracy(days=7, rmse=10.0, mape=2.5, weeks_scored_tonight=1),
+        timings={"total_seconds": 30.0, "train_seconds": 20.0},
+        candidates=(
+            ModelScore("fresh", "candidate", 3.21, 812.5, 20.0, "abc", 3),
+            ModelScore("naive", "baseline", 4.0, 900.0, 0.0, "def"),
+        ),
+        held_out_weeks=("2023-12-25", "2024-01-01"),
+        decision=NightDecision("promote", "fresh", "fresh beats naive"),
+        promoted_version=3,
+        forecast=NightForecast(
+            week_start=D(2024, 1, 8),
+            model_name="pricecast-BTC-USD",
+            model_version=3,
+            is_baseline=False,
+            rows_inserted=7,
+            days=(ForecastDay(D(2024, 1, 8), 1.5),),
+        ),
     )
+
+
+def test_the_markdown_report_names_scores_decision_and_runs() -> None:
+    report = markdown(_night())
     assert "# Nightly BTC-USD as of 2024-01-07" in report
     assert "**promote** — fresh beats naive" in report
     assert "| fresh | candidate | 3.210 | 812.50 | 20.0 | abc |" in report
     assert "version 3" in report and "MAPE 2.500 %" in report and "run xyz" in report
+
+
+def test_the_cli_and_demo_texts_come_from_the_same_result() -> None:
+    night = _night()
+    summary = "\n".join(summary_lines(night))
+    assert "nightly BTC-USD as of 2024-01-07: trained (no night has trained yet)" in summary
+    assert "decision: promote — fresh beats naive" in summary
+    assert "forecast for the week of 2024-01-08 by pricecast-BTC-USD v3: 01-08 1.50" in summary
+    board = "\n".join(scoreboard_lines(night))
+    assert "fresh      candidate  MAPE   3.21 %  RMSE $812.50" in board
+    assert "Forecast for the next week, 2024-01-08 .. 2024-01-14" in board
+
+
+def test_the_json_form_keeps_the_nightly_keys() -> None:
+    payload = _night().to_dict()
+    assert set(payload) >= {
+        "ticker", "as_of", "source", "flow_run_id", "trained", "train_reason", "candidates",
+        "held_out_weeks", "decision", "promoted", "promoted_version", "champion_version",
+        "forecast", "realised", "mlflow", "timings", "ingest", "latest_complete_week",
+    }  # fmt: skip
+    assert payload["promoted"] == "fresh" and payload["as_of"] == "2024-01-07"
+    assert payload["forecast"]["closes"] == [{"date": "2024-01-08", "close": 1.5}]  # type: ignore[index]
+    assert json.loads(json.dumps(payload)) == payload

@@ -16,11 +16,9 @@ from storage.runs import (
     done_dates,
     fail_run,
     finish_run,
-    forecast_scores,
     forecasts_for,
     get_run,
     last_trained_run,
-    latest_forecast,
     promotion_history,
     record_actuals,
     record_training,
@@ -186,8 +184,7 @@ def test_forecasts_are_stored_once_and_scored_as_of(engine) -> None:
         rows = forecasts_for(s, ticker="X", as_of=D(2024, 1, 7))
         assert [r.predicted_close for r in rows] == [100.0 + i for i in range(7)]
         assert {r.model_version for r in rows} == {2}
-        assert latest_forecast(s, ticker="X", as_of=D(2024, 1, 10))[0].as_of == D(2024, 1, 7)
-        assert latest_forecast(s, ticker="X", as_of=D(2024, 1, 6)) == []
+        assert forecasts_for(s, ticker="X", as_of=D(2024, 1, 6)) == []
     actual = {d: v + 10.0 for d, v in week.items()}
     with session_scope(engine) as s:
         # As of Wednesday only Mon..Wed are known, even though later actuals are passed in.
@@ -199,7 +196,7 @@ def test_forecasts_are_stored_once_and_scored_as_of(engine) -> None:
         pending = complete_unscored_forecasts(s, ticker="X")
         assert list(pending) == [D(2024, 1, 7)]
         assert [f.error for f in pending[D(2024, 1, 7)]] == [-10.0] * 7
-        add_forecast_score(
+        score = add_forecast_score(
             s,
             ticker="X",
             as_of=D(2024, 1, 7),
@@ -207,8 +204,7 @@ def test_forecasts_are_stored_once_and_scored_as_of(engine) -> None:
             rmse=10.0,
             mape=9.0,
         )
+        assert (score.first_target_date, score.last_target_date) == (D(2024, 1, 8), D(2024, 1, 14))
+        assert (score.n_days, score.rmse, score.model_version) == (7, 10.0, 2)
     with session_scope(engine) as s:
         assert complete_unscored_forecasts(s, ticker="X") == {}
-        scores = forecast_scores(s, ticker="X", as_of=D(2024, 1, 14))
-        assert [(x.n_days, x.rmse, x.model_version) for x in scores] == [(7, 10.0, 2)]
-        assert forecast_scores(s, ticker="X", as_of=D(2024, 1, 13)) == []
