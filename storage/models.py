@@ -1,4 +1,5 @@
-"""The price tables (`daily_prices`, `price_revisions`, `rejected_rows`) on the shared `Base`.
+"""The price tables (`daily_prices`, `price_revisions`, `rejected_rows`) and the lock fencing
+table (`ticker_locks`) on the shared `Base`.
 
 Table and column names are part of the data contract; schema changes are Alembic migrations.
 """
@@ -10,6 +11,7 @@ import importlib
 import importlib.util
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Date,
     DateTime,
@@ -24,6 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TICKER_LENGTH = 32
 SOURCE_LENGTH = 500
+LOCK_NAME_LENGTH = 200
+CONTENT_KEY_LENGTH = 64  # sha256, hex
 
 
 # Named constraints, so SQLite batch migrations and autogenerate can find them again.
@@ -101,10 +105,23 @@ class PriceRevision(Base):
 
 
 class RejectedRow(Base):
-    """A row refused under --skip-invalid: where it came from, its raw text and why."""
+    """A row refused under --skip-invalid: where it came from, its raw text and why.
+
+    Stored once per (ticker, source, line and content): `content_key` is a digest of the line
+    number and raw text, so loading the same bad file again adds nothing.
+    """
 
     __tablename__ = "rejected_rows"
-    __table_args__ = (Index("ix_rejected_rows_ticker", "ticker"),)
+    __table_args__ = (
+        Index("ix_rejected_rows_ticker", "ticker"),
+        Index(
+            "uq_rejected_rows_ticker_source_content_key",
+            "ticker",
+            "source",
+            "content_key",
+            unique=True,
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     ticker: Mapped[str] = mapped_column(String(TICKER_LENGTH))
@@ -113,3 +130,19 @@ class RejectedRow(Base):
     raw: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
     rejected_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    content_key: Mapped[str] = mapped_column(String(CONTENT_KEY_LENGTH))
+
+
+class TickerLock(Base):
+    """The fencing token of a named lock: +1 each time a holder acquires it.
+
+    Work done under the lock commits only while the stored token is still the holder's, so a
+    holder that lost its lock (a database restart) cannot commit after the next one took over.
+    """
+
+    __tablename__ = "ticker_locks"
+
+    name: Mapped[str] = mapped_column(String(LOCK_NAME_LENGTH), primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(Text)
+    acquired_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

@@ -7,6 +7,7 @@ temporary staging table and one set-based merge, so a ticker costs a handful of 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +35,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql.dml import Insert
 
 from pricecast.errors import DataError
 from storage.models import DailyPrice, PriceRevision, RejectedRow, utc_now
@@ -45,6 +47,7 @@ _T = TypeVar("_T")
 
 PRICES = cast(Table, DailyPrice.__table__)
 REVISIONS = cast(Table, PriceRevision.__table__)
+REJECTED = cast(Table, RejectedRow.__table__)
 _staging_metadata = MetaData()
 # Per connection; on PostgreSQL its rows vanish at commit, and it is cleared before each use.
 _staging = Table(
@@ -371,15 +374,44 @@ def upsert_prices(
     return staging.merge()
 
 
+def rejection_key(line_number: int | None, raw: str) -> str:
+    """The digest that makes a rejected row unique within its (ticker, source): line and text."""
+    text = f"{'' if line_number is None else line_number}\n{raw}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _insert_ignoring_stored(dialect: Dialect) -> Insert:
+    """INSERT INTO rejected_rows ... ON CONFLICT DO NOTHING ... RETURNING id, for this dialect."""
+    index_elements = ["ticker", "source", "content_key"]
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        pg_insert = postgresql.insert(REJECTED).on_conflict_do_nothing(
+            index_elements=index_elements
+        )
+        return pg_insert.returning(REJECTED.c.id)
+    if dialect.name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        lite_insert = sqlite.insert(REJECTED).on_conflict_do_nothing(index_elements=index_elements)
+        return lite_insert.returning(REJECTED.c.id)
+    raise DataError(f"rejected rows: unsupported database {dialect.name}")
+
+
 def record_rejected(
     session: Session, *, ticker: str, source: str, rejections: Iterable[Rejection]
 ) -> int:
-    """Store refused rows (source, line number, raw text, reason). Returns how many."""
+    """Store refused rows (source, line number, raw text, reason), streamed in batches; a row
+    already stored for this ticker and source (same line, same text) is not stored again.
+
+    Returns how many rows were new.
+    """
     now = utc_now()
-    count = 0
+    statement = _insert_ignoring_stored(session.get_bind().dialect)
+    stored = 0
     for batch in _batches(rejections):
-        session.execute(
-            insert(RejectedRow),
+        result = session.execute(
+            statement,
             [
                 {
                     "ticker": ticker,
@@ -388,12 +420,31 @@ def record_rejected(
                     "raw": r.raw,
                     "reason": r.reason,
                     "rejected_at": now,
+                    "content_key": rejection_key(r.line_number, r.raw),
                 }
                 for r in batch
             ],
         )
-        count += len(batch)
-    return count
+        stored += len(result.all())
+    return stored
+
+
+def close_before(
+    session: Session, *, ticker: str, day: dt.date, within_days: int
+) -> tuple[dt.date, float] | None:
+    """The latest stored (date, close) of `ticker` in the `within_days` days before `day`."""
+    prices = PRICES
+    row = session.execute(
+        select(prices.c.date, prices.c.close)
+        .where(
+            prices.c.ticker == ticker,
+            prices.c.date < day,
+            prices.c.date >= day - dt.timedelta(days=within_days),
+        )
+        .order_by(prices.c.date.desc())
+        .limit(1)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 def read_closes(session: Session, *, ticker: str, as_of: dt.date) -> list[tuple[dt.date, float]]:

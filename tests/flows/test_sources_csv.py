@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.ingest.load import IngestSummary, RowChecker
+from flows.ingest.checks import RowChecker
+from flows.ingest.load import IngestSummary
 from flows.ingest.sources import csv_source
 from flows.ingest.sources.csv_source import CsvSource, map_header, normalise_header
 from pricecast.errors import SourceError

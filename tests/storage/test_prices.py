@@ -183,3 +183,56 @@ def test_rejected_rows_are_recorded(engine) -> None:
         (3, "2024-01-02,,,", "close is missing", "csv:prices.csv"),
         (9, "x", "y", "csv:prices.csv"),
     ]
+
+
+def test_rejected_rows_are_stored_once_per_source_line_and_content(engine) -> None:
+    rejections = [
+        Rejection(3, "2024-01-02,,,", "close is missing"),
+        Rejection(None, '["candle"]', "no line"),
+        Rejection(3, "2024-01-02,,,", "the same row twice in one batch"),
+    ]
+    with session_scope(engine) as session:
+        assert record_rejected(session, ticker="BTC-USD", source="a", rejections=rejections) == 2
+    with session_scope(engine) as session:
+        assert record_rejected(session, ticker="BTC-USD", source="a", rejections=rejections) == 0
+        assert record_rejected(session, ticker="BTC-USD", source="b", rejections=rejections) == 2
+        assert record_rejected(session, ticker="ETH-USD", source="a", rejections=rejections) == 2
+        changed = [
+            Rejection(4, "2024-01-02,,,", "another line"),
+            Rejection(3, "2024-01-02,1,,", ""),
+        ]
+        assert record_rejected(session, ticker="BTC-USD", source="a", rejections=changed) == 2
+    with session_scope(engine) as session:
+        stored = read_rejected(session, ticker="BTC-USD")
+    assert [(r.source, r.line_number, r.reason) for r in stored] == [
+        ("a", 3, "close is missing"),
+        ("a", None, "no line"),
+        ("b", 3, "close is missing"),
+        ("b", None, "no line"),
+        ("a", 4, "another line"),
+        ("a", 3, ""),
+    ]
+
+
+def test_the_rejection_key_matches_the_migrations_frozen_copy() -> None:
+    import importlib
+
+    migration = importlib.import_module(
+        "storage.migrations.versions.0003_rejected_once_and_lock_tokens"
+    )
+    for line, raw in ((3, "2024-01-02,,,"), (None, "x"), (0, "")):
+        assert prices.rejection_key(line, raw) == migration._content_key(line, raw)
+    assert prices.rejection_key(None, "3\nx") != prices.rejection_key(3, "x")
+
+
+def test_close_before_finds_the_nearest_stored_day_within_the_window(engine) -> None:
+    _upsert(engine, _rows(3))  # 2024-01-01 .. 2024-01-03, closes 100.5, 101.5, 102.5
+    with session_scope(engine) as session:
+        assert prices.close_before(
+            session, ticker="BTC-USD", day=dt.date(2024, 1, 5), within_days=7
+        ) == (dt.date(2024, 1, 3), 102.5)
+        assert (
+            prices.close_before(session, ticker="BTC-USD", day=dt.date(2024, 1, 11), within_days=7)
+            is None
+        )
+        assert prices.close_before(session, ticker="BTC-USD", day=DAY0, within_days=7) is None

@@ -1,7 +1,7 @@
 """Price sources: CSV files, an HTTP daily-candles API, and seeded synthetic prices.
 
 A source streams *raw frames*: pandas frames with the columns below, values still as the source
-gave them (text or numbers). `flows.ingest.load` validates them; sources only read and map.
+gave them (text or numbers). `flows.ingest.checks` validates them; sources only read and map.
 """
 
 from __future__ import annotations

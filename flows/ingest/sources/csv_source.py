@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import re
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,6 +20,8 @@ from flows.ingest.sources import DATE, ERROR, FIELDS, LINE, RAW
 from pricecast.errors import SourceError
 
 CHUNK_ROWS = 20_000
+# A cut last line is spotted by comparing its last field with this many lines before it.
+NEIGHBOUR_LINES = 5
 
 # Normalised header -> field. Earlier entries win when a file has several (Close beats Adj Close).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -137,13 +140,24 @@ class CsvSource:
         reader = csv.reader(lines, delimiter=delimiter)
         columns: dict[str, list[Any]] = {name: [] for name in (LINE, RAW, ERROR, *FIELDS)}
         width = len(header)
+        # Lengths of the last field of the latest full rows, to spot a cut last line.
+        recent_ends: deque[int] = deque(maxlen=NEIGHBOUR_LINES)
+        ends_with_newline, last_fields = True, list[str]()
         for fields in reader:
             row_line = line_number + 1
             line_number += len(consumed)
+            line_break = consumed[-1].endswith(("\n", "\r")) if consumed else True
             raw = "".join(consumed).rstrip("\r\n")
             consumed.clear()
             if not fields or not any(f.strip() for f in fields):
                 continue  # a blank line holds no row
+            if last_fields and len(last_fields) == width:
+                recent_ends.append(len(last_fields[-1].strip()))
+            ends_with_newline, last_fields = line_break, fields
+            # Yield before adding, so the last row is still here when the file ends.
+            if len(columns[LINE]) >= CHUNK_ROWS:
+                yield _frame(columns)
+                columns = {name: [] for name in columns}
             columns[LINE].append(row_line)
             columns[RAW].append(raw)
             if len(fields) != width:
@@ -155,11 +169,32 @@ class CsvSource:
                 for name in FIELDS:
                     index = mapping.get(name)
                     columns[name].append(fields[index] if index is not None else None)
-            if len(columns[LINE]) >= CHUNK_ROWS:
-                yield _frame(columns)
-                columns = {name: [] for name in columns}
         if columns[LINE]:
+            if not ends_with_newline:
+                _name_a_cut_last_line(columns, last_fields, width, list(recent_ends))
             yield _frame(columns)
+
+
+def _name_a_cut_last_line(
+    columns: dict[str, list[Any]], fields: list[str], width: int, recent_ends: list[int]
+) -> None:
+    """A last line with no line break and fewer fields than the header, or a last field shorter
+    than on the lines before it, was probably cut (`2016-01-23,38` for 387.49): say so on it."""
+    if len(fields) < width:
+        why = "fewer fields than the header"
+    elif recent_ends and len(fields[-1].strip()) < min(recent_ends):
+        why = (
+            f"its last field {fields[-1].strip()!r} is shorter than on the {len(recent_ends)} "
+            f"lines before it ({min(recent_ends)}+ characters)"
+        )
+    else:
+        return
+    cut = (
+        f"the last line has no line break and {why}: the file looks cut off; get it again "
+        "(if the line is complete, end the file with a line break)"
+    )
+    error = columns[ERROR][-1]
+    columns[ERROR][-1] = cut if error is None else f"{error}; {cut}"
 
 
 def _frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
