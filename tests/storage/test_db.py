@@ -7,13 +7,14 @@ import socket
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
 from pricecast.errors import ConfigError, ServiceUnavailable
 from storage.db import (
+    MIGRATIONS_DIR,
     current_revision,
     ensure_schema,
-    head_revision,
     make_engine,
     session_scope,
     upgrade,
@@ -44,7 +45,8 @@ def test_upgrade_creates_the_contract_tables_and_is_idempotent(database_url: str
         "ticker",
         "date",
     ]
-    assert current_revision(engine) == head_revision()
+    newest = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert newest is not None and current_revision(engine) == newest
     engine.dispose()
 
 
@@ -58,7 +60,9 @@ def test_migrations_match_the_models(database_url: str) -> None:
 
 
 def _rejected(ticker: str) -> RejectedRow:
-    return RejectedRow(ticker=ticker, source="test", line_number=2, raw="x", reason="bad")
+    return RejectedRow(
+        ticker=ticker, source="test", line_number=2, raw="x", reason="bad", content_key=ticker
+    )
 
 
 def test_session_scope_commits_on_success_and_rolls_back_on_error(database_url: str) -> None:

@@ -1,0 +1,180 @@
+"""`pricecast deploy` and `pricecast worker`: the process work pool, the two deployments on it
+(`nightly-universe/<pool>` on a cron schedule, `nightly-batch/<pool>` that it fans out to), and a
+Prefect worker for the pool started with pricecast's environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, cast
+
+from flows.schedule.serve import (
+    DEFAULT_CRON,
+    DEFAULT_TIMEZONE,
+    check_prefect_api,
+    prefect_api_url,
+    validate_schedule,
+)
+from flows.universe.fanout import batch_deployment, universe_deployment
+from pricecast.errors import ConfigError
+from pricecast.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+POOL_TYPE = "process"
+
+
+@dataclass
+class Deployed:
+    pool: str
+    pool_created: bool
+    pool_limit: int | None
+    deployments: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def ensure_pool(pool: str, *, limit: int | None = None) -> tuple[bool, int | None]:
+    """Create the process work pool `pool` if missing (with `limit` runs at once, None: no
+    limit); an existing one gets `limit` if one is given. Returns (created, its limit)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool,
+                    type=POOL_TYPE,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    concurrency_limit=limit,
+                    description="pricecast: universe nights and their ticker batches",
+                )
+            )
+            return True, limit
+        if existing.type != POOL_TYPE:
+            raise ConfigError(
+                f"work pool {pool!r} exists with type {existing.type!r}, pricecast needs a "
+                f"{POOL_TYPE} pool: choose another name with --pool"
+            )
+        if limit is not None and existing.concurrency_limit != limit:
+            client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
+            return False, limit
+        return False, existing.concurrency_limit
+
+
+def build_deployments(
+    pool: str, *, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE
+) -> list[RunnerDeployment]:
+    """The scheduled universe night and the batch deployment it fans out to, both on `pool`,
+    with module-path entrypoints (the package is installed on every worker)."""
+    validate_schedule(cron, timezone)
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.universe.batch import nightly_batch
+    from flows.universe.flow import nightly_universe
+
+    universe = nightly_universe.to_deployment(
+        name=pool,
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters={"where": "pool", "pool": pool},
+        description=(
+            f"Every enabled ticker's night, fanned out to pool {pool} as {batch_deployment(pool)} "
+            "runs; tickers already done are skipped."
+        ),
+        tags=["pricecast", "universe"],
+        work_pool_name=pool,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    batch = nightly_batch.to_deployment(
+        name=pool,
+        description="Several tickers' nights in one process (started by the universe night).",
+        tags=["pricecast", "universe"],
+        work_pool_name=pool,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    # to_deployment is typed sync-or-async; called from sync code it returns the deployment.
+    return [cast("RunnerDeployment", universe), cast("RunnerDeployment", batch)]
+
+
+def deploy(
+    *,
+    pool: str,
+    cron: str = DEFAULT_CRON,
+    timezone: str = DEFAULT_TIMEZONE,
+    pool_limit: int | None = None,
+) -> Deployed:
+    """Create the pool if missing and register (or update) both deployments on it."""
+    if pool_limit is not None and pool_limit < 1:
+        raise ConfigError(f"--pool-limit must be >= 1, got {pool_limit}")
+    url = check_prefect_api(prefect_api_url())
+    deployments = build_deployments(pool, cron=cron, timezone=timezone)
+    created, limit = ensure_pool(pool, limit=pool_limit)
+    for deployment in deployments:
+        deployment.apply(work_pool_name=pool)
+    report = Deployed(pool, created, limit, [universe_deployment(pool), batch_deployment(pool)])
+    report.notes.append(f"scheduled {universe_deployment(pool)} at '{cron}' ({timezone}) on {url}")
+    report.notes.append(f"start workers with: pricecast worker --pool {pool} [--limit N]")
+    return report
+
+
+def worker_argv(pool: str, *, limit: int | None, name: str | None) -> list[str]:
+    """`prefect worker start` for the pool, from the same environment as this interpreter."""
+    prefect = Path(sys.executable).parent / "prefect"
+    argv = [str(prefect), "worker", "start", "--pool", pool, "--type", POOL_TYPE]
+    if limit is not None:
+        argv += ["--limit", str(limit)]
+    argv += ["--name", name or f"pricecast-{socket.gethostname()}-{os.getpid()}"]
+    return argv
+
+
+def worker_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment, which every flow run it starts inherits: PRICECAST_HOME made
+    absolute (a process worker runs each flow in a temporary folder), a shorter poll than
+    Prefect's 10 s unless PREFECT_WORKER_QUERY_SECONDS is set, no telemetry."""
+    env = dict(environ)
+    env["PRICECAST_HOME"] = str(settings.resolved_home)
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", f"{settings.worker_query_seconds:g}")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def local_store_warnings(settings: Settings) -> list[str]:
+    """What a worker on another machine would not see: SQLite files under PRICECAST_HOME."""
+    warnings = []
+    if settings.resolved_database_url.startswith("sqlite"):
+        warnings.append(
+            f"PRICECAST_DATABASE_URL is not set: runs on this worker use {settings.resolved_home}"
+            "/pricecast.db, which only this machine sees; point every machine at one Postgres"
+        )
+    if settings.resolved_mlflow_uri.startswith("sqlite"):
+        warnings.append(
+            "MLFLOW_TRACKING_URI is not set: models go to a store only this machine sees; "
+            "point every machine at one MLflow server (with --serve-artifacts)"
+        )
+    return warnings
+
+
+def exec_worker(*, pool: str, limit: int | None, name: str | None = None) -> NoReturn:
+    """Replace this process with a Prefect worker for `pool` (Ctrl-C stops it)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    settings = get_settings()
+    check_prefect_api(prefect_api_url())
+    for warning in local_store_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
+    argv = worker_argv(pool, limit=limit, name=name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, worker_env(settings, os.environ))

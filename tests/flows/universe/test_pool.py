@@ -1,0 +1,199 @@
+"""The universe night on a work pool: a real `prefect server` (the session's `prefect_server`), the
+pool and deployments from `pricecast deploy`, two `pricecast worker` processes, Postgres shared by
+every process and an MLflow SQLite store they all reach. The scenario of `scenario.py`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.flows.universe.scenario import (
+    AS_OF,
+    GOOD,
+    MISSING,
+    SMALL_ENV,
+    check_first_night,
+    check_rerun,
+    fix_missing,
+    write_universe,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+ROOT = Path(__file__).resolve().parents[3]
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def cli(env: dict[str, str], *argv: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tests.flows.universe.cli_app", *argv],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def pool_env(prefect_server: str, pg_url: str, tmp_path: Path) -> dict[str, str]:
+    """What every process gets: the three URLs, one PRICECAST_HOME, a pool of its own."""
+    from mlflow import MlflowClient
+
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=mlflow_uri).search_experiments()  # its schema, before the workers
+    return {
+        **os.environ,
+        **SMALL_ENV,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PRICECAST_HOME": str(tmp_path / "home"),
+        "PRICECAST_DATABASE_URL": pg_url,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "PRICECAST_WORKER_POOL": f"test-pool-{uuid.uuid4().hex[:8]}",
+        "PRICECAST_UNIVERSE_POLL_SECONDS": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+
+
+@contextmanager
+def two_workers(pool_env: dict[str, str], tmp_path: Path) -> Iterator[list[Path]]:
+    """Two `pricecast worker --limit 1` processes on the pool; stopped (their process groups,
+    flow runs and training processes included) at the end."""
+    processes, logs = [], []
+    for index in (1, 2):
+        log = tmp_path / f"worker-{index}.log"
+        with log.open("wb") as out:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.flows.universe.cli_app",
+                        "worker",
+                        "--limit",
+                        "1",
+                        "--name",
+                        f"test-worker-{index}",
+                    ],
+                    cwd=ROOT,
+                    env=pool_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            )
+        logs.append(log)
+    try:
+        yield logs
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def _online(api: httpx.Client, pool: str) -> int:
+    response = api.post(
+        f"/work_pools/{pool}/workers/filter", json={"workers": {"status": {"any_": ["ONLINE"]}}}
+    )
+    return len(response.json()) if response.status_code == 200 else 0
+
+
+def _runs(api: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = api.post("/flow_runs/filter", json={**body, "limit": 200})
+    response.raise_for_status()
+    return list(response.json())
+
+
+def _universe_runs(api: httpx.Client) -> list[dict[str, Any]]:
+    """Finished nightly-universe runs, newest first (the cron schedule adds future ones)."""
+    return _runs(
+        api,
+        {
+            "flows": {"name": {"any_": ["nightly-universe"]}},
+            "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED"]}}},
+            "sort": "START_TIME_DESC",
+        },
+    )
+
+
+def _children(api: httpx.Client, parent_id: str) -> list[dict[str, Any]]:
+    return _runs(api, {"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}})
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    try:
+        return dict(json.loads(result.stdout))
+    except json.JSONDecodeError:
+        raise AssertionError(result.stdout[-2000:] + result.stderr[-4000:]) from None
+
+
+def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
+    pool_env: dict[str, str], tmp_path: Path, prefect_server: str
+) -> None:
+    pool = pool_env["PRICECAST_WORKER_POOL"]
+    universe, missing = write_universe(tmp_path)
+    assert cli(pool_env, "universe", "import", str(universe)).returncode == 0
+    deployed = cli(pool_env, "deploy", "--cron", "0 3 * * *", timeout=300)
+    assert deployed.returncode == 0, deployed.stderr
+    assert f"work pool {pool} (created, process type, no limit)" in deployed.stdout
+    assert f"deployment nightly-universe/{pool}" in deployed.stdout
+    api = httpx.Client(base_url=prefect_server, timeout=30)
+    scheduled = api.get(f"/deployments/name/nightly-universe/{pool}").json()
+    assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * *"]
+    assert scheduled["work_pool_name"] == pool
+    assert scheduled["entrypoint"] == "flows.universe.flow.nightly_universe"
+
+    with two_workers(pool_env, tmp_path) as logs:
+        wait_for(lambda: _online(api, pool) == 2, 120, "two workers online")
+
+        first = cli(pool_env, "nightly-all", "--as-of", AS_OF.isoformat(), "--json")
+
+        diagnostics = first.stderr[-3000:] + "".join(log.read_text()[-3000:] for log in logs)
+        assert first.returncode == 1, diagnostics
+        payload = _json(first)
+        check_first_night(payload, pool_env["PRICECAST_DATABASE_URL"],
+                          pool_env["MLFLOW_TRACKING_URI"])  # fmt: skip
+        parent = _universe_runs(api)[0]
+        assert parent["state"]["type"] == "FAILED"
+        batches = _children(api, parent["id"])
+        # Two workers online, a parent outside the pool: two batch runs, one per worker.
+        assert len(batches) == 2, batches
+        assert all(b["work_pool_name"] == pool for b in batches)
+        nights = [n for b in batches for n in _children(api, b["id"])]
+        assert sorted(n["name"] for n in nights) == sorted([*GOOD, MISSING])
+        assert {b["state"]["type"] for b in batches} == {"COMPLETED", "FAILED"}
+
+        fix_missing(missing)
+        again = cli(pool_env, "nightly-all", "--as-of", AS_OF.isoformat(), "--json")
+
+        assert again.returncode == 0, again.stderr[-3000:]
+        check_rerun(_json(again), pool_env["PRICECAST_DATABASE_URL"])
+        rerun = _universe_runs(api)[0]
+        assert rerun["id"] != parent["id"] and rerun["state"]["type"] == "COMPLETED"
+        (batch,) = _children(api, rerun["id"])
+        assert [n["name"] for n in _children(api, batch["id"])] == [MISSING]
+    api.close()
