@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from forecasting.base import Forecaster, NotFittedError  # noqa: E402
+from forecasting.strategies import STRATEGIES  # noqa: E402
 from forecasting.weeks import (  # noqa: E402
     CLOSE,
     DATE,
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--as-of", default=AS_OF)
     parser.add_argument("--holdout-weeks", type=int, default=19)
     parser.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2")
-    parser.add_argument("--strategies", default="fresh,retrain,naive,drift")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--epochs", type=int, default=None, help="default: the model's own")
     parser.add_argument(
         "--config",
@@ -148,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     weeks = group_iso_weeks(daily, as_of=pd.Timestamp(args.as_of))
     started = time.perf_counter()
     from forecasting.backtest import backtest
-    from forecasting.candidates import build_candidates, check_strategies
+    from forecasting.candidates import build_candidates
     from forecasting.model import LSTMConfig
+    from forecasting.strategies import check_strategies
 
     strategies = [s.strip() for s in args.strategies.split(",")]
     check_strategies(strategies)

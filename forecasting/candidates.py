@@ -18,9 +18,10 @@ import pandas as pd
 from forecasting import model as lstm
 from forecasting.base import Forecaster, NotFittedError
 from forecasting.baselines import Drift, Naive
+from forecasting.strategies import check_strategies
 from forecasting.weeks import from_point_relative
 from forecasting.windows import Windows, make_windows, trainable_target_weeks
-from pricecast.errors import ConfigError, DataError
+from pricecast.errors import DataError
 
 if TYPE_CHECKING:
     import keras
@@ -386,24 +387,6 @@ class RetrainLSTM(LSTMForecaster):
         described["steps"] = self.steps
         described["bootstrapped"] = self.base is None
         return described
-
-
-#: Strategy names the CLI and the nightly flow accept, in the order they are reported.
-STRATEGIES: tuple[str, ...] = ("fresh", "retrain", "naive", "drift")
-#: The LSTM strategies a night trains (naive is always scored beside them); a night's default.
-TRAINED_STRATEGIES: tuple[str, ...] = ("retrain", "fresh")
-#: What `pricecast backtest` scores unless told otherwise.
-BACKTEST_STRATEGIES: tuple[str, ...] = ("fresh", "retrain", "naive")
-
-
-def check_strategies(strategies: Sequence[str], *, allowed: Sequence[str] = STRATEGIES) -> None:
-    """Raise ConfigError unless every name is in `allowed`, named once, and there is one."""
-    unknown = [s for s in strategies if s not in allowed]
-    if unknown or not strategies or len(set(strategies)) != len(strategies):
-        raise ConfigError(
-            f"strategies {list(strategies)} are not valid: name each once, from "
-            f"{', '.join(allowed)} (e.g. --strategies {','.join(allowed[:2])})"
-        )
 
 
 def build_candidates(

@@ -1,6 +1,6 @@
 """The `pricecast` command line: the typer app, the command table and the error handling.
 
-Each group of commands lives in its own module (data, models, nightly, ops); heavy imports
+Each group of commands lives in its own module (data, models, nightly, ops, universe); heavy imports
 (TensorFlow, MLflow, Prefect) happen inside the commands, so `--help` stays fast.
 """
 
@@ -16,6 +16,7 @@ from flows.cli import data as cli_data
 from flows.cli import models as cli_models
 from flows.cli import nightly as cli_nightly
 from flows.cli import ops as cli_ops
+from flows.cli import universe as cli_universe
 from pricecast import __version__
 from pricecast.errors import PricecastError
 from pricecast.settings import apply_prefect_defaults
@@ -64,10 +65,13 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("demo", cli_ops.demo_command),
     ("serve", cli_ops.serve_command),
     ("backfill", cli_ops.backfill_command),
+    ("deploy", cli_universe.deploy_command),
+    ("worker", cli_universe.worker_command),
 )
 for _name, _command in COMMANDS:
     app.command(_name)(_command)
 app.add_typer(cli_data.db_app)
+app.add_typer(cli_universe.universe_app, name="universe")
 
 
 def _describe_unexpected(exc: BaseException) -> str | None:

@@ -16,7 +16,7 @@ from flows.cli.common import (
     print_json,
     stored_closes,
 )
-from forecasting.candidates import BACKTEST_STRATEGIES
+from forecasting.strategies import BACKTEST_STRATEGIES
 
 if TYPE_CHECKING:
     from forecasting.backtest import BacktestResult
@@ -90,7 +90,8 @@ def backtest_command(
     import pandas as pd
 
     from forecasting.calendar import today_utc
-    from forecasting.candidates import build_candidates, check_strategies
+    from forecasting.candidates import build_candidates
+    from forecasting.strategies import check_strategies
     from forecasting.weeks import CLOSE, DATE, group_iso_weeks
     from pricecast.settings import get_settings
 

@@ -9,6 +9,7 @@ import typer
 
 from flows.cli.common import DEFAULT_TICKER, parse_required_day, print_json
 from flows.schedule.serve import DEFAULT_CRON, DEFAULT_TIMEZONE
+from pricecast.errors import ConfigError
 
 TICKER_HELP = "Ticker symbol, e.g. BTC-USD."
 SOURCE_HELP = "Price source: synthetic, http, or csv:PATH (a Yahoo/CoinMarketCap/exchange export)."
@@ -39,8 +40,27 @@ def serve_command(
 
 
 def backfill_command(
-    ticker: str = typer.Option(DEFAULT_TICKER, "--ticker", help=TICKER_HELP),
-    source: str = typer.Option(..., "--source", help=SOURCE_HELP),
+    ticker: str | None = typer.Option(
+        None, "--ticker", help=TICKER_HELP + f" Default {DEFAULT_TICKER}."
+    ),
+    source: str | None = typer.Option(
+        None, "--source", help=SOURCE_HELP + " Required unless --all."
+    ),
+    run_all: bool = typer.Option(
+        False,
+        "--all",
+        help="Replay every enabled ticker of the universe, each with its own source; a ticker "
+        "stops at its first failing night, the others go on. Exits 1 if any stopped.",
+    ),
+    where: str = typer.Option(
+        "auto",
+        "--where",
+        help="With --all: auto (the work pool when deployed on PREFECT_API_URL, else this "
+        "process), local, or pool.",
+    ),
+    pool: str | None = typer.Option(
+        None, "--pool", help="With --all: the work pool (default PRICECAST_WORKER_POOL)."
+    ),
     start: str = typer.Option(..., "--start", help="First night to replay (YYYY-MM-DD)."),
     end: str = typer.Option(..., "--end", help="Last night to replay (YYYY-MM-DD, inclusive)."),
     every: str = typer.Option("day", "--every", help="Replay every `day` or every `week`."),
@@ -56,7 +76,34 @@ def backfill_command(
     since the last night that trained (a daily backfill over a year trains ~52 times). Nights
     already done are skipped, so a rerun after a failure or Ctrl-C continues where it stopped;
     the first failing night stops the backfill with its reason.
+
+    With --all, the same rules for every ticker of the universe, in one backfill-universe
+    flow run (on the work pool when deployed).
     """
+    if run_all:
+        if ticker is not None or source is not None:
+            raise ConfigError(
+                "--all replays every ticker of the universe with its own source: drop --ticker "
+                "and --source (pricecast universe list shows them)"
+            )
+        from flows.cli.universe import backfill_all
+
+        backfill_all(
+            start=parse_required_day(start, "--start"),
+            end=parse_required_day(end, "--end"),
+            every=every,
+            as_json=as_json,
+            where=where,
+            pool=pool,
+            seed=seed,
+            epochs=epochs,
+        )
+        return
+    if source is None:
+        raise ConfigError(
+            "backfill needs --source (synthetic, http or csv:PATH), or --all for the universe"
+        )
+    ticker = ticker or DEFAULT_TICKER
     from flows.schedule.backfill import run_backfill
 
     # With --json, stdout carries only the JSON: libraries that print (MLflow writes run links

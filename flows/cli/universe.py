@@ -187,13 +187,6 @@ def worker_command(
     exec_worker(pool=pool or get_settings().worker_pool, limit=limit, name=name)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `pricecast` app."""
-    app.add_typer(universe_app, name="universe")
-    app.command("deploy")(deploy_command)
-    app.command("worker")(worker_command)
-
-
 def nightly_all(
     *,
     as_of: dt.date | None,

@@ -37,7 +37,7 @@ from forecasting.calendar import (
     training_windows_available,
     yesterday_utc,
 )
-from forecasting.candidates import TRAINED_STRATEGIES, check_strategies
+from forecasting.strategies import TRAINED_STRATEGIES, check_strategies
 from forecasting.weeks import DAYS_PER_WEEK
 from pricecast.errors import ConfigError
 from pricecast.settings import Settings, get_settings

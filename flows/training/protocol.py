@@ -115,9 +115,11 @@ class TrainingResult:
 def write_job(workdir: Path, job: TrainingJob, closes: Sequence[tuple[dt.date, float]]) -> None:
     import pandas as pd
 
+    from forecasting.weeks import CLOSE, DATE
+
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / JOB_FILE).write_text(json.dumps(asdict(job), indent=2))
-    pd.DataFrame(closes, columns=["date", "close"]).to_pickle(workdir / CLOSES_FILE)
+    pd.DataFrame(closes, columns=[DATE, CLOSE]).to_pickle(workdir / CLOSES_FILE)
 
 
 def read_job(workdir: Path) -> TrainingJob:

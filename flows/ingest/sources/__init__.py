@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
+from forecasting.weeks import CLOSE, DATE
 from pricecast.errors import SourceError
 
 if TYPE_CHECKING:
@@ -21,8 +22,7 @@ if TYPE_CHECKING:
 # header = 1), RAW (the row's text) and ERROR (a structural problem the source found, such as a
 # wrong field count, else None).
 LINE, RAW, ERROR = "line", "raw", "error"
-DATE = "date"
-VALUE_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "market_cap")
+VALUE_FIELDS: tuple[str, ...] = ("open", "high", "low", CLOSE, "volume", "market_cap")
 FIELDS: tuple[str, ...] = (DATE, *VALUE_FIELDS)
 
 
