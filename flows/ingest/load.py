@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -20,7 +21,17 @@ from flows.ingest.sources import PriceSource, parse_source
 from forecasting.calendar import today_utc
 from pricecast.errors import DataError
 from storage.db import ensure_schema, make_engine, session_scope
-from storage.prices import Rejection, close_before, missing_dates, record_rejected, stage_prices
+from storage.prices import (
+    PriceStaging,
+    Rejection,
+    close_before,
+    missing_dates,
+    record_rejected,
+    stage_prices,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["MAX_LISTED_PROBLEMS", "IngestSummary", "Problem", "RowChecker", "ingest"]
 
@@ -151,32 +162,14 @@ def ingest(
     `skip_invalid`, SourceError if the source cannot be read. A source with no rows loads
     nothing and says so in `warnings`.
     """
-    settings = None
-    if isinstance(source, str) or (max_daily_move is None and not allow_large_moves):
+    if isinstance(source, str):
         from pricecast.settings import get_settings
 
-        settings = get_settings()
-    if isinstance(source, str):
-        assert settings is not None
-        source = parse_source(source, settings)
-    if allow_large_moves:
-        max_daily_move = None
-    elif max_daily_move is None:
-        assert settings is not None
-        max_daily_move = settings.max_daily_move
-    if max_daily_move is not None and not max_daily_move > 0:
-        raise DataError(
-            f"the daily move bound must be > 0 (got {max_daily_move:g}); "
-            "set PRICECAST_MAX_DAILY_MOVE to e.g. 0.75, or pass --allow-large-moves"
-        )
+        source = parse_source(source, get_settings())
+    max_daily_move = _move_bound(max_daily_move, allow_large_moves=allow_large_moves)
     ticker = ticker.strip()
-    if not ticker:
-        raise DataError("ticker is empty; pass e.g. --ticker BTC-USD")
     today = today or today_utc()
-    if as_of is not None and as_of > today:
-        raise DataError(f"--as-of {as_of} is in the future (today is {today} UTC)")
-    if start is not None and end is not None and start > end:
-        raise DataError(f"--start {start} is after --end {end}")
+    _check_request(ticker, start=start, end=end, as_of=as_of, today=today)
     if engine is None and database_url is None:
         raise ValueError("ingest() needs database_url or engine")
     own_engine = engine is None
@@ -203,27 +196,11 @@ def ingest(
                 max_daily_move=max_daily_move,
                 stored_close=stored_close,
             )
-            refusals = _Refusals()
-            for frame in source.read(ticker=ticker, start=start, end=read_until):
-                rows, found = checker.check(frame)
-                if skip_invalid:
-                    staging.add(rows)
-                    if found:
-                        summary.rejected += len(found)
-                        new = record_rejected(
-                            session,
-                            ticker=ticker,
-                            source=source.label,
-                            rejections=(Rejection(p.line, p.raw, p.reason) for p in found),
-                        )
-                        summary.rejected_already_recorded += len(found) - new
-                    continue
-                refusals.add(found)
-                if not refusals.count:  # once refused, nothing will be kept: stop writing
-                    staging.add(rows)
-            if refusals.count:
-                summary.rejected = refusals.count
-                raise refusals.error(source)
+            frames = source.read(ticker=ticker, start=start, end=read_until)
+            if skip_invalid:
+                _stage_skipping_invalid(session, frames, checker, staging, summary)
+            else:
+                _stage_all_or_nothing(frames, checker, staging, summary)
             counts = staging.merge()
             summary.inserted, summary.updated, summary.unchanged = (
                 counts.inserted,
@@ -247,3 +224,77 @@ def ingest(
     finally:
         if own_engine:
             engine.dispose()
+
+
+def _move_bound(max_daily_move: float | None, *, allow_large_moves: bool) -> float | None:
+    """The day-over-day bound in force: None when large moves are allowed, else the given one
+    or PRICECAST_MAX_DAILY_MOVE."""
+    if allow_large_moves:
+        return None
+    if max_daily_move is None:
+        from pricecast.settings import get_settings
+
+        max_daily_move = get_settings().max_daily_move
+    if max_daily_move is not None and not max_daily_move > 0:
+        raise DataError(
+            f"the daily move bound must be > 0 (got {max_daily_move:g}); "
+            "set PRICECAST_MAX_DAILY_MOVE to e.g. 0.75, or pass --allow-large-moves"
+        )
+    return max_daily_move
+
+
+def _check_request(
+    ticker: str,
+    *,
+    start: dt.date | None,
+    end: dt.date | None,
+    as_of: dt.date | None,
+    today: dt.date,
+) -> None:
+    if not ticker:
+        raise DataError("ticker is empty; pass e.g. --ticker BTC-USD")
+    if as_of is not None and as_of > today:
+        raise DataError(f"--as-of {as_of} is in the future (today is {today} UTC)")
+    if start is not None and end is not None and start > end:
+        raise DataError(f"--start {start} is after --end {end}")
+
+
+def _stage_skipping_invalid(
+    session: Session,
+    frames: Iterable[pd.DataFrame],
+    checker: RowChecker,
+    staging: PriceStaging,
+    summary: IngestSummary,
+) -> None:
+    """--skip-invalid: stage the valid rows, record each refused one (once per content)."""
+    for frame in frames:
+        rows, found = checker.check(frame)
+        staging.add(rows)
+        if not found:
+            continue
+        summary.rejected += len(found)
+        new = record_rejected(
+            session,
+            ticker=summary.ticker,
+            source=summary.source,
+            rejections=(Rejection(p.line, p.raw, p.reason) for p in found),
+        )
+        summary.rejected_already_recorded += len(found) - new
+
+
+def _stage_all_or_nothing(
+    frames: Iterable[pd.DataFrame],
+    checker: RowChecker,
+    staging: PriceStaging,
+    summary: IngestSummary,
+) -> None:
+    """Stage every row, or raise DataError naming the refused ones (nothing is merged)."""
+    refusals = _Refusals()
+    for frame in frames:
+        rows, found = checker.check(frame)
+        refusals.add(found)
+        if not refusals.count:  # once refused, nothing will be kept: stop writing
+            staging.add(rows)
+    if refusals.count:
+        summary.rejected = refusals.count
+        raise refusals.error(checker.source)
