@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-import importlib.util
 
 from sqlalchemy import (
     BigInteger,
@@ -47,14 +46,13 @@ class Base(DeclarativeBase):
 
 
 # Storage modules that add tables to Base; migrations and schema checks need all of them loaded.
-MODEL_MODULES = ("storage.models", "storage.runs", "storage.backfill")
+MODEL_MODULES = ("storage.models", "storage.runs", "storage.universe")
 
 
 def import_all_models() -> MetaData:
-    """Import every storage module that defines tables (those present) and return the metadata."""
+    """Import every storage module that defines tables and return the metadata."""
     for name in MODEL_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
+        importlib.import_module(name)
     return Base.metadata
 
 
