@@ -56,6 +56,10 @@ IDLE_GRACE_SECONDS = 60.0
 #: newest ones are kept after their workdir is gone.
 JOB_LOG_FOLDER = "training-jobs"
 KEPT_JOB_LOGS = 200
+#: A worker whose memory grew by more than this fraction since its first job exits after the
+#: job it is on (TensorFlow keeps ~30 MB per fit that clear_session does not give back), so a
+#: long batch stays within the first job's footprint + 15 % at the cost of one re-import.
+RETIRE_GROWTH = 0.15
 RERUN_HINT = "rerun the same --as-of to complete the night"
 
 
@@ -66,6 +70,8 @@ class JobDone:
     code: int
     rss_mb: float
     job_seconds: float
+    #: The child exits after this job: its memory grew past RETIRE_GROWTH since its first job.
+    retiring: bool = False
 
 
 # --- parent side --------------------------------------------------------------------------------
@@ -90,6 +96,7 @@ class TrainingWorker:
         self.log_path = log_path
         self.warm_imports = tuple(warm_imports)
         self.jobs = 0
+        self.retiring = False
         self.import_seconds: float | None = None  # known once the child said it is ready
         self.last_used = time.monotonic()
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +134,8 @@ class TrainingWorker:
     @property
     def usable(self) -> bool:
         fresh = time.monotonic() - self.last_used < self.idle_seconds
-        return self.process.poll() is None and self.jobs < self.max_jobs and fresh
+        alive = self.process.poll() is None and not self.retiring
+        return alive and self.jobs < self.max_jobs and fresh
 
     def run(
         self,
@@ -153,10 +161,12 @@ class TrainingWorker:
         done = self._receive(timeout_seconds, activity, job_log)
         self.jobs += 1
         self.last_used = time.monotonic()
+        self.retiring = bool(done.get("retiring", False))
         return JobDone(
             code=int(done["code"]),
             rss_mb=float(done["rss_mb"]),
             job_seconds=float(done["job_seconds"]),
+            retiring=self.retiring,
         )
 
     def _receive(self, timeout: float | None, activity: str, log: Path) -> JsonObject:
@@ -352,6 +362,7 @@ def serve(*, max_jobs: int, idle_seconds: float, warm_imports: Sequence[str]) ->
         importlib.import_module(module)
     ready = {"ready": True, "pid": os.getpid(), "import_seconds": time.perf_counter() - started}
     _send(protocol, ready)
+    first_rss: float | None = None
     for _ in range(max_jobs):
         readable, _, _ = select.select([sys.stdin], [], [], idle_seconds)
         line = sys.stdin.readline() if readable else ""
@@ -361,15 +372,21 @@ def serve(*, max_jobs: int, idle_seconds: float, warm_imports: Sequence[str]) ->
         started = time.perf_counter()
         with _output_to(Path(message["log"])):
             code = _run_job(message["function"], Path(message["workdir"]))
+        rss = _rss_mb()
+        first_rss = first_rss or rss
+        retiring = rss > first_rss * (1 + RETIRE_GROWTH)
         _send(
             protocol,
             {
                 "done": True,
                 "code": code,
-                "rss_mb": _rss_mb(),
+                "rss_mb": rss,
                 "job_seconds": time.perf_counter() - started,
+                "retiring": retiring,
             },
         )
+        if retiring:  # the parent starts a fresh process for its next job
+            break
         _release_memory()  # after answering: this overlaps with the flow's next steps
     return 0
 

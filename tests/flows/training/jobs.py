@@ -55,6 +55,15 @@ def echo(workdir: Path) -> JsonObject:
     return result.to_payload()
 
 
+_KEPT: list[bytearray] = []
+
+
+def leaky(workdir: Path) -> JsonObject:
+    """`echo` that keeps 40 MB alive after it returns, as TensorFlow's fits do."""
+    _KEPT.append(bytearray(os.urandom(1024)) * (40 * 1024))
+    return echo(workdir)
+
+
 def bad_data(workdir: Path) -> JsonObject:
     raise DataError("the week of 2020-01-06 has 5 closes, 7 needed")
 

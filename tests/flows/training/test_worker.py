@@ -219,6 +219,23 @@ def test_the_worker_is_recycled_after_max_jobs(tmp_path: Path) -> None:
         os.kill(pids[0], 0)
 
 
+def test_a_worker_whose_memory_grew_is_replaced_after_its_job(tmp_path: Path) -> None:
+    """Each leaky job keeps 40 MB: the job that takes the worker past RETIRE_GROWTH of its first
+    job's footprint is its last (though max_jobs allows 5), and the next runs in a fresh one."""
+    results = [_run(tmp_path, f"job-{i}", "leaky") for i in range(4)]
+
+    pids = [_pid(r) for r in results]
+    assert pids[0] != pids[-1], pids
+    first_process = [
+        r.timings["worker_rss_mb"] for r, p in zip(results, pids, strict=True) if p == pids[0]
+    ]
+    bound = first_process[0] * (1 + worker.RETIRE_GROWTH)
+    assert all(rss <= bound for rss in first_process[:-1]), first_process
+    assert first_process[-1] > bound, first_process
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+
+
 def test_only_the_newest_job_logs_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "KEPT_JOB_LOGS", 3)
     worker_log = tmp_path / "training-worker.log"
