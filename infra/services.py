@@ -1,4 +1,5 @@
-"""Start, stop and inspect the local services without Docker: Postgres, MLflow and Prefect servers.
+"""Start, stop and inspect the local services without Docker: Postgres, MLflow and Prefect servers,
+and one `pricecast worker` for the Prefect work pool (the universe night's batches run on it).
 
 `make up | down | status` call this. Everything binds to 127.0.0.1; logs, pid files, data and the
 state of what was started live in PRICECAST_HOME/services/.
@@ -88,6 +89,7 @@ class State:
     mlflow_port: int
     prefect_port: int
     notes: list[str] = field(default_factory=list)
+    worker_pool: str | None = None  # the pool of the worker `up` started (None: none started)
 
     def database_url(self, role: str, driver: str = "postgresql+psycopg2") -> str:
         url = make_url(self.pg_admin_url).set(drivername=driver, database=self.databases[role])
@@ -348,6 +350,10 @@ class ServerSpec:
     argv: list[str]
     env: dict[str, str]
 
+    #: False for the worker: it listens on no port (its `port` is the Prefect server's, which
+    #: its name carries so a recycled pid is not mistaken for it).
+    listens: bool = True
+
     @property
     def health_url(self) -> str:
         return f"http://{HOST}:{self.port}{HEALTH_PATHS[self.name]}"
@@ -388,12 +394,61 @@ def prefect_spec(state: State, layout: Layout) -> ServerSpec:
     return ServerSpec("prefect", state.prefect_port, argv, env=env)
 
 
+WORKER_STARTED = "started!"  # what `prefect worker start` logs once it polls its pool
+
+
+def worker_name(state: State) -> str:
+    return f"pricecast-local-{state.prefect_port}"
+
+
+def worker_spec(state: State, settings: Settings) -> ServerSpec:
+    """One `pricecast worker` for the work pool, pointed at the three services."""
+    pool = state.worker_pool or settings.worker_pool
+    argv = [
+        str(find_venv_binary("pricecast")), "worker",
+        "--pool", pool, "--limit", "1", "--name", worker_name(state),
+    ]  # fmt: skip
+    env = {
+        "PRICECAST_HOME": str(settings.resolved_home),
+        "PRICECAST_DATABASE_URL": state.database_url("pricecast"),
+        "MLFLOW_TRACKING_URI": state.mlflow_url,
+        "PREFECT_API_URL": f"{state.prefect_url}/api",
+        "PRICECAST_WORKER_POOL": pool,
+        "PYTHONUNBUFFERED": "1",  # its log shows "started!" when it is, not when a buffer fills
+    }
+    return ServerSpec("worker", state.prefect_port, argv, env=env, listens=False)
+
+
+def wait_worker_started(
+    spec: ServerSpec, layout: Layout, pid: int, offset: int, timeout: float
+) -> None:
+    """Until the worker's log (after `offset`) says it started; an exit is an error with its log."""
+    log = layout.log_file(spec.name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), log.open("rb") as handle:
+            handle.seek(offset)
+            if WORKER_STARTED in handle.read().decode(errors="replace"):
+                return
+        if not process_alive(pid):
+            layout.pid_file(spec.name).unlink(missing_ok=True)
+            raise ServiceUnavailable(
+                f"worker exited while starting; last log lines of {log}:\n{log_tail(log)}"
+            )
+        time.sleep(0.5)
+    stop_server(spec.name, spec.port, layout)
+    raise ServiceUnavailable(
+        f"worker did not start within {timeout:.0f} s (stopped it); see {log} or raise "
+        "PRICECAST_SERVICES_TIMEOUT_SECONDS"
+    )
+
+
 def launch_server(spec: ServerSpec, layout: Layout) -> tuple[int, str]:
     """Start `spec` in the background unless it already runs. Returns (pid, what happened)."""
     pid = read_pid(layout, spec.name, spec.port)
     if pid is not None:
         return pid, "already running"
-    if port_in_use(spec.port):
+    if spec.listens and port_in_use(spec.port):
         variable = f"PRICECAST_{spec.name.upper()}_PORT"
         raise ServiceUnavailable(
             f"{spec.name}: port {spec.port} on {HOST} is taken by another process; "
@@ -499,7 +554,7 @@ def up(settings: Settings, *, own_postgres: bool = False) -> State:
         pg_mode, admin_url = "reused", settings.pg_admin_url
     else:
         if reason is not None:
-            shown = make_url(settings.pg_admin_url).render_as_string(hide_password=True)
+            shown = mask_url(settings.pg_admin_url)
             notes.append(f"no usable Postgres at {shown} ({reason}); created our own")
         pg_mode, admin_url = "own", start_own_postgres(layout, settings, timeout)
     state = State(
@@ -509,6 +564,7 @@ def up(settings: Settings, *, own_postgres: bool = False) -> State:
         mlflow_port=settings.mlflow_port,
         prefect_port=settings.prefect_port,
         notes=notes,
+        worker_pool=settings.worker_pool,
     )
     created = ensure_databases(admin_url, list(state.databases.values()))
     if created:
@@ -531,6 +587,14 @@ def up(settings: Settings, *, own_postgres: bool = False) -> State:
             if action == "started":
                 stop_server(spec.name, spec.port, layout)
         raise
+    # The worker after the servers: it needs the Prefect API (it creates the pool if missing).
+    worker = worker_spec(state, settings)
+    log = layout.log_file(worker.name)
+    offset = log.stat().st_size if log.exists() else 0
+    pid, action = launch_server(worker, layout)
+    print(f"{'worker':<9} {action} (pid {pid}) for work pool {state.worker_pool} ...")
+    if action == "started":
+        wait_worker_started(worker, layout, pid, offset, timeout)
     print()
     print_status(settings)
     return state
@@ -542,7 +606,10 @@ def down(settings: Settings) -> None:
     if state is None:
         print(f"nothing to stop: no services were started from {layout.root}")
         return
-    for name, port in (("prefect", state.prefect_port), ("mlflow", state.mlflow_port)):
+    services = [("prefect", state.prefect_port), ("mlflow", state.mlflow_port)]
+    if state.worker_pool is not None:
+        services.insert(0, ("worker", state.prefect_port))  # first: it talks to the servers
+    for name, port in services:
         print(f"{name:<9} {'stopped' if stop_server(name, port, layout) else 'was not running'}")
     if state.pg_mode == "own":
         print(f"postgres  {'stopped' if stop_own_postgres(layout) else 'was not running'}")
@@ -578,6 +645,11 @@ def service_rows(settings: Settings) -> list[tuple[str, str, str, str]]:
             status = "running" if healthy else "unhealthy (starting, or see log)"
         detail = f"pid {pid}, log {layout.log_file(name)}" if pid else str(layout.log_file(name))
         rows.append((name, status, url, detail))
+    if state.worker_pool is not None:
+        pid = read_pid(layout, "worker", state.prefect_port)
+        detail = f"pid {pid}, log {layout.log_file('worker')}" if pid else "run `make up`"
+        where = f"work pool {state.worker_pool}"
+        rows.append(("worker", "running" if pid else "stopped", where, detail))
     return rows
 
 

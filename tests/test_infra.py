@@ -85,7 +85,7 @@ def test_compose_required_variables_fail_loudly_and_are_documented() -> None:
 def test_compose_services_reference_each_other_consistently() -> None:
     config = load_compose({**env_example(), "POSTGRES_PASSWORD": "s3cret"})
     services = config["services"]
-    assert set(services) == {"postgres", "mlflow", "prefect", "serve"}
+    assert set(services) == {"postgres", "mlflow", "prefect", "serve", "deploy", "worker"}
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     for name, service in services.items():
         for dependency, condition in (service.get("depends_on") or {}).items():
@@ -130,9 +130,24 @@ def test_compose_services_reference_each_other_consistently() -> None:
 
     from flows.cli import app
 
-    help_text = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
-    for option in services["serve"]["command"][2::2]:
-        assert option in help_text, option
+    for name in ("serve", "deploy", "worker"):
+        command = services[name]["command"]
+        assert command[:2] == ["pricecast", name]
+        help_text = CliRunner().invoke(app, [name, "--help"], terminal_width=200).output
+        for option in command[2::2]:
+            assert option in help_text, (name, option)
+
+    # Workers scale (`--scale worker=3`): no fixed name or published port; the same services
+    # and pool as the deployment they run, which is registered before any worker starts.
+    worker, deploy = services["worker"], services["deploy"]
+    assert "container_name" not in worker and "ports" not in worker
+    assert worker["environment"] == deploy["environment"] == serve_env
+    assert (
+        worker["command"][worker["command"].index("--pool") + 1]
+        == (deploy["command"][deploy["command"].index("--pool") + 1])
+    )
+    assert worker["depends_on"]["deploy"]["condition"] == "service_completed_successfully"
+    assert worker["restart"] == "unless-stopped" and deploy["restart"] == "no"
 
 
 def test_dockerfile_copies_what_exists() -> None:
@@ -253,7 +268,7 @@ def test_make_up_nightly_visible_in_mlflow_and_prefect_then_make_down(pg_admin_e
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{mlflow_port}" in up.stdout
         again = _run([*make, "up"], env, timeout=240)  # idempotent: finds them running
-        assert again.returncode == 0 and again.stdout.count("already running") == 2, again.stdout
+        assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout
 
         exports = _run([sys.executable, "infra/services.py", "env"], env, timeout=60)
         assert exports.returncode == 0, exports.stderr
@@ -307,8 +322,14 @@ def test_make_up_nightly_visible_in_mlflow_and_prefect_then_make_down(pg_admin_e
         ui_settings = _json("GET", f"http://127.0.0.1:{prefect_port}/ui-settings")
         assert ui_settings["api_url"] == f"{prefect}"
 
+        # The worker `up` started polls the work pool (the universe night's batches run on it).
+        workers = _json("POST", f"{prefect}/work_pools/pricecast/workers/filter", {})
+        online = [w["name"] for w in workers if w["status"] == "ONLINE"]
+        assert online == [f"pricecast-local-{prefect_port}"], workers
+
         status = _run([*make, "status"], env, timeout=120)
-        assert status.stdout.count(" running ") >= 3, status.stdout
+        assert status.stdout.count(" running ") >= 4, status.stdout
+        assert "work pool pricecast" in status.stdout, status.stdout
     finally:
         down = _run([*make, "down"], env, timeout=240)
         with pg_admin_engine.connect() as conn:
@@ -317,6 +338,7 @@ def test_make_up_nightly_visible_in_mlflow_and_prefect_then_make_down(pg_admin_e
         shutil.rmtree(home, ignore_errors=True)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "mlflow    stopped" in down.stdout and "prefect   stopped" in down.stdout
+    assert "worker    stopped" in down.stdout, down.stdout
     for port in (mlflow_port, prefect_port):
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)

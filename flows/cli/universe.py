@@ -187,6 +187,15 @@ def worker_command(
     exec_worker(pool=pool or get_settings().worker_pool, limit=limit, name=name)
 
 
+def check_where(where: str) -> None:
+    """--where before any flow starts: auto, local or pool."""
+    from flows.universe.plan import WHERE
+    from pricecast.errors import ConfigError
+
+    if where not in WHERE:
+        raise ConfigError(f"--where must be one of {', '.join(WHERE)}, got {where!r}")
+
+
 def nightly_all(
     *,
     as_of: dt.date | None,
@@ -205,6 +214,7 @@ def nightly_all(
     from flows.universe.report import summary_lines
     from flows.universe.run import run_universe
 
+    check_where(where)
     # With --json, stdout carries only the JSON (MLflow prints run links when it talks to a
     # server, Prefect its flow run names).
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
@@ -244,6 +254,7 @@ def backfill_all(
     from flows.universe.report import backfill_lines
     from flows.universe.run import backfill_universe
 
+    check_where(where)
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         result = backfill_universe(
             start=start, end=end, every=every, where=where, pool=pool, seed=seed, epochs=epochs

@@ -83,7 +83,7 @@ def test_universe_night_in_process_then_a_rerun_runs_only_the_fixed_ticker(
     mlflow_uri = get_settings().resolved_mlflow_uri
 
     code, out, err = run(
-        capsys, "nightly-all", "--as-of", AS_OF.isoformat(), "--json", "--where", "local"
+        capsys, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json", "--where", "local"
     )
 
     assert code == 1, err[-3000:]
@@ -104,7 +104,7 @@ def test_universe_night_in_process_then_a_rerun_runs_only_the_fixed_ticker(
     assert sum(line.startswith("| UNI-") for line in table.splitlines()) == 4
 
     fix_missing(missing)
-    code, out, err = run(capsys, "nightly-all", "--as-of", AS_OF.isoformat(), "--json")
+    code, out, err = run(capsys, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
 
     assert code == 0, err[-3000:]
     check_rerun(json.loads(out), database_url)
@@ -112,7 +112,7 @@ def test_universe_night_in_process_then_a_rerun_runs_only_the_fixed_ticker(
     assert rerun.id != parent.id and rerun.state.type.value == "COMPLETED"
     assert set(_children(rerun.id)) == {MISSING}
     # Without --json: one line per ticker.
-    code, out, _ = run(capsys, "nightly-all", "--as-of", AS_OF.isoformat())
+    code, out, _ = run(capsys, "nightly", "--all", "--as-of", AS_OF.isoformat())
     assert code == 0
     assert f"  {MISSING:<12} already done" in out
     assert out.splitlines()[-1].startswith("4 ticker(s), 0 failed")
@@ -130,7 +130,7 @@ def test_universe_backfill_stops_only_the_failing_ticker_and_resumes_it(
         assert run(capsys, "universe", "disable", ticker)[0] == 0
     window = ["--start", NIGHT_1.isoformat(), "--end", NIGHT_2.isoformat(), "--every", "week"]
 
-    code, out, err = run(capsys, "backfill-all", *window, "--json", "--where", "local")
+    code, out, err = run(capsys, "backfill", "--all", *window, "--json", "--where", "local")
 
     assert code == 1, err[-3000:]
     first = json.loads(out)
@@ -157,7 +157,7 @@ def test_universe_backfill_stops_only_the_failing_ticker_and_resumes_it(
         engine.dispose()
 
     fix_missing(missing)
-    code, out, err = run(capsys, "backfill-all", *window, "--json")
+    code, out, err = run(capsys, "backfill", "--all", *window, "--json")
 
     assert code == 0, err[-3000:]
     again = {t["ticker"]: t for t in json.loads(out)["tickers"]}

@@ -67,6 +67,22 @@ def test_add_list_disable_enable_remove(
         (["universe", "add", "OLD", "--source", "http"], "error: already in the universe: OLD"),
         (["universe", "disable", "NOPE"], "error: unknown ticker 'NOPE'"),
         (["universe", "remove", "NOPE"], "add it with `pricecast universe add NOPE"),
+        (["nightly", "--all", "--ticker", "X"], "--all runs every ticker of the universe"),
+        (["nightly", "--all", "--where", "moon"], "--where must be one of auto, local, pool"),
+        (
+            [
+                "backfill",
+                "--all",
+                "--source",
+                "http",
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-01-02",
+            ],
+            "--all replays every ticker of the universe",
+        ),
+        (["backfill", "--start", "2024-01-01", "--end", "2024-01-02"], "backfill needs --source"),
     ],
 )
 def test_mistakes_are_one_line_and_exit_1(
@@ -159,3 +175,23 @@ def test_running_only_some_tickers(capsys: pytest.CaptureFixture[str]) -> None:
         assert enabled_members(engine, ["B"]) == [Member("B", "synthetic")]
         with pytest.raises(DataError, match=r"cannot run C \(disabled\), Z \(not in the universe"):
             enabled_members(engine, ["C", "Z"])
+
+
+@pytest.mark.parametrize(
+    ("command", "mentions"),
+    [
+        (["universe"], ["add", "list", "enable", "disable", "remove", "import"]),
+        (["universe", "import"], ["ticker,source"]),
+        (["nightly"], ["--all", "--as-of", "--json", "--where", "--pool"]),
+        (["backfill"], ["--all", "--start", "--end", "--json"]),
+        (["deploy"], ["--cron", "--pool", "--pool-limit", "universe night"]),
+        (["worker"], ["--pool", "--limit", "Work Pools"]),
+    ],
+)
+def test_help_names_the_options(
+    capsys: pytest.CaptureFixture[str], command: list[str], mentions: list[str]
+) -> None:
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0 and "Usage:" in out
+    for word in mentions:
+        assert word in out, (command, word)

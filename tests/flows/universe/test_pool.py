@@ -170,7 +170,7 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
     with two_workers(pool_env, tmp_path) as logs:
         wait_for(lambda: _online(api, pool) == 2, 120, "two workers online")
 
-        first = cli(pool_env, "nightly-all", "--as-of", AS_OF.isoformat(), "--json")
+        first = cli(pool_env, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
 
         diagnostics = first.stderr[-3000:] + "".join(log.read_text()[-3000:] for log in logs)
         assert first.returncode == 1, diagnostics
@@ -188,7 +188,7 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
         assert {b["state"]["type"] for b in batches} == {"COMPLETED", "FAILED"}
 
         fix_missing(missing)
-        again = cli(pool_env, "nightly-all", "--as-of", AS_OF.isoformat(), "--json")
+        again = cli(pool_env, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
 
         assert again.returncode == 0, again.stderr[-3000:]
         check_rerun(_json(again), pool_env["PRICECAST_DATABASE_URL"])

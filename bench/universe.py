@@ -1,0 +1,364 @@
+"""Universe benchmark: synthetic tickers (different seeds, ~4 years of daily prices each), one
+trained night each as of the same date, on a real Prefect server and work pool: first with one
+worker, then with two workers on this machine.
+
+    .venv/bin/python bench/universe.py [--tickers 8] [--as-of 2021-12-26] [--epochs N]
+
+Everything is real and started here: Postgres databases of their own (on PRICECAST_PG_ADMIN_URL,
+default 127.0.0.1:5432), an MLflow server with served artifacts, a Prefect server and one
+`pricecast worker`, all by `infra/services.py up` (what `make up` runs) under a temporary
+PRICECAST_HOME; the second worker is one more `pricecast worker`. Each phase runs its own tickers
+(the same seeds, other names), so both do the same work from empty stores. At the end the
+services are stopped and the databases dropped.
+
+Reported per phase: wall time of the universe run, tickers per minute, the sum of the nights'
+training seconds, efficiency sum(train) / wall, and per worker the peak RSS of its process tree
+(worker, flow-run process, training process; sampled every 0.5 s) and the training process's RSS
+after its first and last ticker. Targets (issue 9): efficiency with one worker >= 0.75, two
+workers >= 1.5x the throughput of one, peak <= 1.5 GB per worker, growth first -> last <= 20 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PHASES = (("one worker", 1), ("two workers", 2))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def load_services() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pricecast_services", ROOT / "infra/services.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------ memory of a process tree
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            tree.setdefault(int(fields[1]), []).append(int(proc.name))
+    return tree
+
+
+def _rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def tree_rss_mb(root: int) -> float:
+    """RSS of `root` and all its descendants (MB)."""
+    tree, total, stack = _children(), 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += _rss_mb(pid)
+        stack.extend(tree.get(pid, []))
+    return total
+
+
+@dataclass
+class Sampler:
+    """Peak tree RSS of each worker, sampled in a thread."""
+
+    workers: dict[str, int]
+    peaks: dict[str, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            for name, pid in self.workers.items():
+                self.peaks[name] = max(self.peaks.get(name, 0.0), tree_rss_mb(pid))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Sampler]:
+        thread = threading.Thread(target=self._loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+
+
+# ------------------------------------------------------------------ one phase
+
+
+def batches_of(universe_run_id: str) -> list[tuple[str, list[str]]]:
+    """(batch run name, its tickers) of the universe run's batch runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(universe_run_id)])
+            )
+        )
+    return [(r.name, r.name.split(": ", 1)[1].split(", ")) for r in runs if ": " in r.name]
+
+
+def child_rss_by_ticker(database_url: str, tickers: list[str], as_of: dt.date) -> dict:
+    """ticker -> (finished_at, training process RSS after its job, MB)."""
+    from storage.db import make_engine, session_scope
+    from storage.universe import nights_as_of
+
+    engine = make_engine(database_url)
+    try:
+        with session_scope(engine) as session:
+            rows = nights_as_of(session, as_of=as_of, tickers=tickers)
+            return {
+                t: (r.finished_at, float((r.timings or {}).get("child_worker_rss_mb", 0.0)))
+                for t, r in rows.items()
+            }
+    finally:
+        engine.dispose()
+
+
+def run_phase(
+    label: str,
+    tickers: list[str],
+    *,
+    as_of: dt.date,
+    pool: str,
+    workers: dict[str, int],
+    database_url: str,
+    epochs: int | None,
+) -> dict[str, Any]:
+    from flows.universe.run import run_universe
+
+    sampler = Sampler(dict(workers))
+    started = time.perf_counter()
+    with sampler.running():
+        result = run_universe(as_of=as_of, tickers=tickers, where="pool", pool=pool, epochs=epochs)
+    wall = time.perf_counter() - started
+    rss = child_rss_by_ticker(database_url, tickers, as_of)
+    growth = []
+    for name, members in batches_of(result.flow_run_id or ""):
+        ordered = sorted((rss[t] for t in members if t in rss), key=lambda pair: pair[0])
+        if ordered:
+            first, last = ordered[0][1], ordered[-1][1]
+            growth.append({"batch": name, "first_mb": first, "last_mb": last,
+                           "growth": (last - first) / first if first else 0.0})  # fmt: skip
+    train = sum(t.train_seconds for t in result.tickers)
+    return {
+        "label": label,
+        "workers": len(workers),
+        "tickers": len(tickers),
+        "failed": result.failed,
+        "errors": {t.ticker: t.error for t in result.tickers if t.error},
+        "trained": sum(t.trained for t in result.tickers),
+        "wall_seconds": wall,
+        "tickers_per_minute": len(tickers) / wall * 60,
+        "train_seconds": train,
+        "efficiency": train / wall,
+        "peak_rss_mb": sampler.peaks,
+        "training_process_rss": growth,
+        "where": result.where,
+    }
+
+
+def report(phase: dict[str, Any]) -> list[str]:
+    lines = [
+        f"== {phase['label']}: {phase['tickers']} ticker(s), {phase['trained']} trained, "
+        f"{phase['failed']} failed ({phase['where']})",
+        f"wall {phase['wall_seconds']:.1f} s, {phase['tickers_per_minute']:.2f} tickers/min, "
+        f"sum of training {phase['train_seconds']:.1f} s, efficiency sum(train)/wall "
+        f"{phase['efficiency']:.2f}",
+    ]
+    for name, peak in phase["peak_rss_mb"].items():
+        lines.append(f"worker {name}: peak RSS of its process tree {peak:.0f} MB")
+    for batch in phase["training_process_rss"]:
+        lines.append(
+            f'batch "{batch["batch"]}": training process RSS {batch["first_mb"]:.0f} MB after '
+            f"its first ticker, {batch['last_mb']:.0f} MB after its last "
+            f"({batch['growth'] * 100:+.1f} %)"
+        )
+    for ticker, error in phase["errors"].items():
+        lines.append(f"  {ticker} failed: {error}")
+    return lines
+
+
+def start_worker(pricecast: Path, pool: str, name: str, env: dict[str, str], log: Path) -> Any:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(pricecast), "worker", "--pool", pool, "--limit", "1", "--name", name],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def wait_online(pool: str, count: int, timeout: float = 180) -> None:
+    from flows.universe.fanout import pool_status
+
+    deadline = time.monotonic() + timeout
+    while pool_status(pool).online_workers < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"fewer than {count} worker(s) online in pool {pool} after {timeout} s"
+            )
+        time.sleep(1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickers", type=int, default=8, help="Tickers per phase (default 8).")
+    parser.add_argument("--as-of", default="2021-12-26", help="The night (~4 years of history).")
+    parser.add_argument("--epochs", type=int, default=None, help="Default: PRICECAST_EPOCHS.")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    as_of = dt.date.fromisoformat(args.as_of)
+
+    home = Path(tempfile.mkdtemp(prefix="pricecast-bench-universe-"))
+    home.chmod(0o755)
+    pool = f"bench-{uuid.uuid4().hex[:6]}"
+    prefix = f"pc_bench_uni_{os.getpid()}_"
+    os.environ.update({
+        "PRICECAST_HOME": str(home),
+        "PRICECAST_SERVICES_DB_PREFIX": prefix,
+        "PRICECAST_MLFLOW_PORT": str(free_port()),
+        "PRICECAST_PREFECT_PORT": str(free_port()),
+        "PRICECAST_WORKER_POOL": pool,
+        "PREFECT_HOME": str(home / "prefect-client"),
+        "PRICECAST_UNIVERSE_POLL_SECONDS": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    })  # fmt: skip
+    for name in ("PRICECAST_DATABASE_URL", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        os.environ.pop(name, None)
+    if args.epochs is not None:
+        os.environ["PRICECAST_EPOCHS"] = str(args.epochs)
+
+    services = load_services()
+    from pricecast.settings import apply_prefect_defaults, get_settings
+
+    settings = get_settings()
+    layout = services.layout_for(settings)
+    state = None
+    extra: Any = None
+    phases: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            state = services.up(settings)  # Postgres DBs, MLflow, Prefect, one worker
+        for line in services.env_exports(state):
+            key, value = line.removeprefix("export ").split("=", 1)
+            os.environ[key] = value
+        get_settings.cache_clear()
+        apply_prefect_defaults()
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        database_url = get_settings().resolved_database_url
+
+        from flows.universe.deploy import deploy
+        from flows.universe.members import add_member
+
+        with contextlib.redirect_stdout(sys.stderr):
+            deploy(pool=pool)
+            for phase in (1, 2):
+                for index in range(1, args.tickers + 1):
+                    add_member(f"B{phase}-T{index}", f"synthetic:{index}")
+        workers = {"services worker": int(layout.pid_file("worker").read_text())}
+        pricecast = Path(sys.executable).parent / "pricecast"
+        worker_env = {**os.environ, **services.worker_spec(state, settings).env}
+        for phase_index, (label, count) in enumerate(PHASES, start=1):
+            if count == 2:
+                extra = start_worker(pricecast, pool, "bench-worker-2", worker_env,
+                                     layout.logs / "worker-2.log")  # fmt: skip
+                workers["second worker"] = extra.pid
+            wait_online(pool, count)
+            tickers = [f"B{phase_index}-T{i}" for i in range(1, args.tickers + 1)]
+            with contextlib.redirect_stdout(sys.stderr):
+                phases.append(
+                    run_phase(
+                        label,
+                        tickers,
+                        as_of=as_of,
+                        pool=pool,
+                        workers=workers,
+                        database_url=database_url,
+                        epochs=args.epochs,
+                    )  # fmt: skip
+                )
+            print("\n".join(report(phases[-1])), file=sys.stderr, flush=True)
+    finally:
+        if extra is not None and extra.poll() is None:
+            os.killpg(extra.pid, 15)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                extra.wait(timeout=30)
+        with contextlib.redirect_stdout(sys.stderr):
+            services.down(settings)
+        if state is not None:
+            engine = services._engine(state.pg_admin_url)
+            with engine.connect() as conn:
+                for database in state.databases.values():
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            engine.dispose()
+
+    if args.json:
+        print(json.dumps({"as_of": as_of.isoformat(), "phases": phases}, indent=2, default=str))
+        return 0
+    print(
+        f"universe benchmark: {args.tickers} synthetic ticker(s) per phase, ~4 years each, as of "
+        f"{as_of}, epochs {args.epochs or 'default'}; {os.cpu_count()} CPU(s); "
+        f"{time.perf_counter() - started:.0f} s in all (services up/down included)"
+    )
+    for phase in phases:
+        print()
+        print("\n".join(report(phase)))
+    if len(phases) == 2:
+        one, two = phases
+        speedup = two["tickers_per_minute"] / one["tickers_per_minute"]
+        peak = max(max(p["peak_rss_mb"].values(), default=0) for p in phases)
+        growth = max((b["growth"] for p in phases for b in p["training_process_rss"]), default=0)
+        print()
+        print(f"efficiency, one worker: {one['efficiency']:.2f} (target >= 0.75)")
+        print(f"two workers / one worker throughput: {speedup:.2f}x (target >= 1.5x)")
+        print(f"peak worker RSS: {peak:.0f} MB (target <= 1536 MB)")
+        print(f"training process growth first -> last ticker: {growth * 100:+.1f} % (<= 20 %)")
+        for label, phase in (("one worker", one), ("two workers", two)):
+            print(
+                f"a two-hour window at {phase['tickers_per_minute']:.2f} tickers/min "
+                f"({label}): about {phase['tickers_per_minute'] * 120:.0f} tickers"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
