@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -44,3 +45,35 @@ def mask_url(url: str) -> str:
 def mask_secrets(text: str) -> str:
     """Free text (an error message, a log line) with every `scheme://user:password@` masked."""
     return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+
+
+class MaskSecretsFilter(logging.Filter):
+    """A logger filter: the record's message and traceback with every URL password masked
+    (for every handler of that logger: the console, a file, Prefect's API)."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+            record.exc_info = None  # formatters would render it again, unmasked
+        return True
+
+
+#: Prefect's flow and task run loggers: what they get reaches its API (and database). A logger
+#: filter sees only records logged on that very logger, which is how Prefect logs run records.
+MASKED_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+def mask_secrets_in_logs(names: tuple[str, ...] = MASKED_LOGGERS) -> None:
+    """Install `MaskSecretsFilter` on the named loggers (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MaskSecretsFilter) for f in logger.filters):
+            logger.addFilter(MaskSecretsFilter())

@@ -123,6 +123,15 @@ class TickerLock:
             self._lost = self._lost or self._token_moved(token)
         self.check()
 
+    def token_unchanged(self, session: Session) -> bool:
+        """Inside the caller's transaction: whether no later holder raised the token (locking
+        its row on PostgreSQL until that transaction ends). A lock lost only because its
+        session died is still unclaimed then, so this night's own row may still be closed."""
+        query = select(LOCKS.c.token).where(LOCKS.c.name == self.name)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        return bool(session.execute(query).scalar() == self.token)
+
     @property
     def lost(self) -> bool:
         """True once a check found the lock lost."""

@@ -50,3 +50,27 @@ def test_free_text_is_masked_wherever_a_url_appears() -> None:
         mask_secrets(text)
         == "connect to postgresql://a:***@h/db failed; retry http://x:***@z:1/ later"
     )
+
+
+def test_run_logs_have_passwords_masked_in_message_and_traceback() -> None:
+    import io
+    import logging
+
+    from pricecast.urls import MaskSecretsFilter
+
+    stream = io.StringIO()
+    logger = logging.getLogger("test_urls.masked")
+    logger.addHandler(logging.StreamHandler(stream))
+    logger.addFilter(MaskSecretsFilter())
+    logger.propagate = False
+    try:
+        try:
+            raise RuntimeError("request to http://u:s3cret@mlflow:5000/api failed")
+        except RuntimeError:
+            logger.exception("run failed at %s", "postgresql://u:s3cret@db/prices")
+    finally:
+        logger.handlers.clear()
+    text = stream.getvalue()
+    assert "s3cret" not in text
+    assert "run failed at postgresql://u:***@db/prices" in text
+    assert "Traceback" in text and "http://u:***@mlflow:5000/api" in text
