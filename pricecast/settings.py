@@ -32,6 +32,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "PRICECAST_MLFLOW_TRACKING_URI"),
         description="MLflow tracking URI; default: SQLite store under PRICECAST_HOME.",
     )
+    # Where a person's browser reaches the UIs, when that differs from the address pricecast
+    # itself uses (docker compose: the containers talk to http://mlflow:5000, the host's browser
+    # opens http://127.0.0.1:5000). Links in reports and MLflow tags are built from these.
+    mlflow_public_url: str | None = Field(
+        default=None, description="MLflow UI address for links (PRICECAST_MLFLOW_PUBLIC_URL)."
+    )
+    prefect_public_url: str | None = Field(
+        default=None, description="Prefect UI address for links (PRICECAST_PREFECT_PUBLIC_URL)."
+    )
     http_base_url: str = Field(
         default="https://api.binance.com", description="Base URL of the daily-candles HTTP API."
     )
@@ -57,6 +66,15 @@ class Settings(BaseSettings):
     seed: int = 0
     promotion_margin: float = Field(
         default=0.0, description="MAPE points a candidate must beat champion and naive by."
+    )
+    promotion_max_pvalue: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=(
+            "Largest one-sided Diebold-Mariano p-value (candidate vs champion and vs naive on "
+            "the held-out weeks' MAPE) a promotion accepts; unset: p-values are only reported."
+        ),
     )
     lock_timeout_seconds: float = 600.0
     # Training runs in a child process that is reused for up to N jobs (a backfill saves the

@@ -34,7 +34,7 @@ RunStatus = Literal["running", "done", "failed"]
 #: What the promotion gate decided on a night that trained.
 GateDecision = Literal["promote", "keep"]
 #: What happened to the champion alias: the gate's decisions and the manual moves.
-PromotionAction = Literal["promote", "keep", "manual-promote", "rollback"]
+PromotionAction = Literal["promote", "keep", "manual-promote", "rollback", "external-move"]
 NAME_LENGTH = 200
 RUN_ID_LENGTH = 64
 
@@ -102,6 +102,16 @@ class Promotion(Base):
     run_ids: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     actor: Mapped[str] = mapped_column(String(NAME_LENGTH))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    #: The gate's Diebold-Mariano p-value for the decided candidate (the larger of vs champion
+    #: and vs naive: how likely its win is noise); None for manual moves and untested nights.
+    p_value: Mapped[float | None] = mapped_column(Double)
+
+
+#: The prediction-interval columns of `forecasts`, as (level, lower column, upper column).
+INTERVAL_COLUMNS: tuple[tuple[float, str, str], ...] = (
+    (0.80, "lower_80", "upper_80"),
+    (0.95, "lower_95", "upper_95"),
+)
 
 
 class Forecast(Base):
@@ -126,6 +136,19 @@ class Forecast(Base):
     #: predicted - actual, in dollars.
     error: Mapped[float | None] = mapped_column(Double)
     scored_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The 80 % and 95 % prediction interval in dollars (None: stored without one).
+    lower_80: Mapped[float | None] = mapped_column(Double)
+    upper_80: Mapped[float | None] = mapped_column(Double)
+    lower_95: Mapped[float | None] = mapped_column(Double)
+    upper_95: Mapped[float | None] = mapped_column(Double)
+
+    def band(self, level: float) -> tuple[float, float] | None:
+        """(lower, upper) of the `level` interval, None if this row has none."""
+        for known, lower, upper in INTERVAL_COLUMNS:
+            if abs(known - level) < 1e-9:
+                low, high = getattr(self, lower), getattr(self, upper)
+                return None if low is None or high is None else (float(low), float(high))
+        raise KeyError(f"forecasts store no {level} interval")
 
 
 class ForecastScore(Base):
@@ -256,6 +279,32 @@ def fail_run(session: Session, *, ticker: str, as_of: dt.date, error: str) -> No
     )
 
 
+def close_orphaned_runs(session: Session, *, ticker: str, closed_by: dt.date) -> list[dt.date]:
+    """Mark failed every night of `ticker` still `running` (call it under the ticker's lock:
+    their holder is gone, so nothing else will close them); returns their dates."""
+    stuck = list(
+        session.scalars(
+            select(NightlyRun.as_of).where(
+                NightlyRun.ticker == ticker, NightlyRun.status == "running"
+            )
+        )
+    )
+    if stuck:
+        session.execute(
+            update(NightlyRun)
+            .where(NightlyRun.ticker == ticker, NightlyRun.status == "running")
+            .values(
+                status="failed",
+                error=(
+                    "interrupted: its process ended (or lost the lock) before closing the night;"
+                    f" closed by the night of {closed_by.isoformat()}. Rerun that --as-of"
+                ),
+                finished_at=utc_now(),
+            )
+        )
+    return stuck
+
+
 def done_dates(
     session: Session, *, ticker: str, start: dt.date | None = None, end: dt.date | None = None
 ) -> set[dt.date]:
@@ -285,6 +334,7 @@ def add_promotion(
     candidate: str | None = None,
     numbers: Mapping[str, Any] | None = None,
     run_ids: Mapping[str, Any] | None = None,
+    p_value: float | None = None,
 ) -> Promotion:
     # The CHECK constraint would refuse it too, but only at commit and with a database's words.
     if action not in get_args(PromotionAction):
@@ -301,6 +351,7 @@ def add_promotion(
         numbers=dict(numbers) if numbers is not None else None,
         run_ids=dict(run_ids) if run_ids is not None else None,
         actor=actor,
+        p_value=p_value,
     )
     session.add(row)
     session.flush()
@@ -355,12 +406,16 @@ def store_forecast(
     model_name: str,
     model_version: int | None,
     is_baseline: bool,
+    bands: Mapping[dt.date, Mapping[str, float]] | None = None,
 ) -> int:
     """Insert one night's forecast; dates already stored for (ticker, as_of) are left as they
-    were (a rerun never duplicates nor rewrites history). Returns the number of rows inserted."""
+    were (a rerun never duplicates nor rewrites history). Returns the number of rows inserted.
+
+    `bands` maps a target date to its interval bounds ({"lower_80": ..., "upper_95": ...})."""
     if not closes:
         return 0
     now = utc_now()
+    bounds = [column for _, lower, upper in INTERVAL_COLUMNS for column in (lower, upper)]
     rows = [
         {
             "ticker": ticker,
@@ -371,6 +426,10 @@ def store_forecast(
             "model_version": model_version,
             "is_baseline": is_baseline,
             "created_at": now,
+            **{
+                column: _optional_float((bands or {}).get(target_date, {}).get(column))
+                for column in bounds
+            },
         }
         for target_date, close in sorted(closes.items())
     ]
@@ -381,6 +440,31 @@ def store_forecast(
     )
     result = session.execute(statement)
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def latest_forecast(
+    session: Session, *, ticker: str, as_of: dt.date | None = None
+) -> list[Forecast]:
+    """The days of the latest forecast made up to `as_of` (any night when None); [] if none."""
+    query = select(Forecast.as_of).where(Forecast.ticker == ticker)
+    if as_of is not None:
+        query = query.where(Forecast.as_of <= as_of)
+    night = session.scalar(query.order_by(Forecast.as_of.desc()).limit(1))
+    return [] if night is None else forecasts_for(session, ticker=ticker, as_of=night)
+
+
+def forecasts_since(
+    session: Session, *, ticker: str, since: dt.date | None = None
+) -> list[Forecast]:
+    """Every stored forecast day of `ticker` (targets from `since` on), by night then date."""
+    query = select(Forecast).where(Forecast.ticker == ticker)
+    if since is not None:
+        query = query.where(Forecast.target_date >= since)
+    return list(session.scalars(query.order_by(Forecast.as_of, Forecast.target_date)))
 
 
 def forecasts_for(session: Session, *, ticker: str, as_of: dt.date) -> list[Forecast]:

@@ -13,13 +13,17 @@ import click
 import typer
 
 from flows.cli import data as cli_data
+from flows.cli import forecasts as cli_forecasts
+from flows.cli import logs as cli_logs
 from flows.cli import models as cli_models
 from flows.cli import nightly as cli_nightly
 from flows.cli import ops as cli_ops
+from flows.cli import status as cli_status
 from flows.cli import universe as cli_universe
 from pricecast import __version__
 from pricecast.errors import PricecastError
 from pricecast.settings import apply_prefect_defaults
+from pricecast.urls import mask_secrets
 
 app = typer.Typer(
     name="pricecast",
@@ -59,12 +63,15 @@ COMMANDS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("weeks", cli_data.weeks_command),
     ("backtest", cli_models.backtest_command),
     ("nightly", cli_nightly.nightly_command),
+    ("forecast", cli_forecasts.forecast_command),
+    ("accuracy", cli_forecasts.accuracy_command),
     ("champion", cli_models.champion_command),
     ("promote", cli_models.promote_command),
     ("rollback", cli_models.rollback_command),
     ("demo", cli_ops.demo_command),
     ("serve", cli_ops.serve_command),
     ("backfill", cli_ops.backfill_command),
+    ("status", cli_status.status_command),
     ("deploy", cli_universe.deploy_command),
     ("worker", cli_universe.worker_command),
 )
@@ -91,10 +98,16 @@ def _describe_unexpected(exc: BaseException) -> str | None:
     return None
 
 
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " / ".join(lines[:3]) if lines else "(no message)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line per user-caused failure; traceback with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    cli_logs.DEBUG = debug
     # Before any command imports Prefect: Prefect reads its settings when it is imported.
     apply_prefect_defaults()
     try:
@@ -113,13 +126,19 @@ def main(argv: list[str] | None = None) -> None:
     except PricecastError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
         code = 1
     except Exception as exc:
-        message = _describe_unexpected(exc)
-        if debug or message is None:
+        if debug:
             raise
-        typer.echo(f"error: {message}", err=True)
+        message = _describe_unexpected(exc)
+        try:
+            where = f" (traceback in {cli_logs.write_traceback(exc)}; --debug shows it)"
+        except OSError:
+            where = " (rerun with --debug for the traceback)"
+        if message is None:
+            message = f"unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+        typer.echo(f"error: {mask_secrets(message)}{where}", err=True)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
 

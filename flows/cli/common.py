@@ -78,7 +78,11 @@ def open_stores() -> Iterator[tuple[Engine, Tracker]]:
     with open_engine() as engine:
         yield (
             engine,
-            Tracker(settings.resolved_mlflow_uri, artifact_root=settings.mlflow_artifact_root),
+            Tracker(
+                settings.resolved_mlflow_uri,
+                artifact_root=settings.mlflow_artifact_root,
+                public_url=settings.mlflow_public_url,
+            ),
         )
 
 

@@ -145,6 +145,8 @@ class ChampionInfo(TypedDict):
     scores: dict[str, str | None]
     training_cutoff: str | None
     strategy: str | None
+    #: The version's page in the MLflow UI (None on a local store).
+    link: str | None
 
 
 class ChampionStatus(TypedDict):
@@ -187,6 +189,7 @@ def champion_status(ticker: str) -> ChampionStatus:
             "scores": {k: champion.tags.get(k) for k in CHAMPION_SCORES},
             "training_cutoff": champion.metadata.get("training_cutoff"),
             "strategy": champion.metadata.get("strategy"),
+            "link": tracker.version_link(ticker, champion.version),
         }
     return {
         "ticker": ticker,
@@ -216,6 +219,8 @@ def champion_command(
             f"MAPE {scores.get('mape')} % vs naive {scores.get('naive_mape')} % "
             f"on the night of {scores.get('as_of')}"
         )
+        if champion["link"]:
+            typer.echo(f"  MLflow: {champion['link']}")
     if status["history"]:
         typer.echo("history (newest first):")
     for row in status["history"]:

@@ -93,8 +93,10 @@ def nightly_command(
         return
     ticker = ticker or DEFAULT_TICKER
     source = source or "synthetic"
+    from flows.cli.logs import quiet_prefect_console
     from flows.night.flow import nightly
 
+    quiet_prefect_console()
     # With --json, stdout carries only the JSON: MLflow prints run links to stdout when it
     # talks to a server, so everything else goes to stderr while the flow runs.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():

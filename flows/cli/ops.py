@@ -104,7 +104,10 @@ def backfill_command(
             "backfill needs --source (synthetic, http or csv:PATH), or --all for the universe"
         )
     ticker = ticker or DEFAULT_TICKER
+    from flows.cli.logs import quiet_prefect_console
     from flows.schedule.backfill import run_backfill
+
+    quiet_prefect_console()
 
     # With --json, stdout carries only the JSON: libraries that print (MLflow writes run links
     # to stdout when it talks to a server) are sent to stderr.

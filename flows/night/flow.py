@@ -28,7 +28,13 @@ from flows.night.result import (
 )
 from flows.night.tasks import Closes, opaque
 from flows.tracking.promotion import AppliedDecision
-from flows.tracking.tracker import ChampionRef, Tracker, data_fingerprint, model_name
+from flows.tracking.tracker import (
+    ChampionRef,
+    Tracker,
+    browser_url,
+    data_fingerprint,
+    model_name,
+)
 from flows.training.protocol import TrainingJob, TrainingResult
 from flows.training.worker import prewarm_worker
 from forecasting.calendar import (
@@ -39,11 +45,15 @@ from forecasting.calendar import (
 )
 from forecasting.strategies import TRAINED_STRATEGIES, check_strategies
 from forecasting.weeks import DAYS_PER_WEEK
-from pricecast.errors import ConfigError
+from pricecast.errors import ConfigError, LockLost
+from pricecast.faults import fault_point
 from pricecast.settings import Settings, get_settings
+from pricecast.urls import mask_secrets_in_logs
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from storage.locks import TickerLock
 
 #: Windows the candidates need before the held-out span: `retrain` with no champion first
 #: trains fresh up to 10 weeks before the span (forecasting.candidates), then fine-tunes.
@@ -71,6 +81,9 @@ class NightOptions:
 class Stores:
     engine: Engine
     tracker: Tracker
+    #: The Prefect UI as a person's browser reaches it (PRICECAST_PREFECT_PUBLIC_URL), else
+    #: Prefect's own UI URL; links from MLflow back to the flow run.
+    prefect_ui: str | None = None
 
 
 @dataclass
@@ -108,6 +121,7 @@ class NightPlan:
     champion: ChampionRef | None
     fingerprint: str
     mlflow: MlflowRefs
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -115,6 +129,7 @@ class _Progress:
     """How far the night got, so a failure can close what it opened."""
 
     row_opened: bool = False
+    experiment_id: str | None = None
     parent_run_id: str | None = None
 
 
@@ -152,6 +167,7 @@ def nightly(
     week when a week has just completed; 8. score earlier forecasts. Returns the `NightResult`
     (`pricecast nightly --json` is its `to_dict()`).
     """
+    mask_secrets_in_logs()  # Prefect's run logs (and their tracebacks) reach its API
     as_of = as_of or yesterday_utc()
     _tag_flow_run(night_tags(ticker, as_of))
     return run_night(
@@ -240,7 +256,12 @@ def run_night(
     )
     stores = Stores(
         engine=make_engine(settings.resolved_database_url),
-        tracker=Tracker(settings.resolved_mlflow_uri, artifact_root=settings.mlflow_artifact_root),
+        tracker=Tracker(
+            settings.resolved_mlflow_uri,
+            artifact_root=settings.mlflow_artifact_root,
+            public_url=settings.mlflow_public_url,
+        ),
+        prefect_ui=_prefect_ui(settings),
     )
     settings.resolved_home.mkdir(parents=True, exist_ok=True)
     watch = Stopwatch()
@@ -251,23 +272,35 @@ def run_night(
             name=f"nightly:{ticker}",
             timeout_seconds=settings.lock_timeout_seconds,
             lock_dir=settings.resolved_home / "locks",
-        ):
+        ) as lock:
             watch.lap("lock_wait_seconds")
-            return _locked_night(options, stores, settings, watch)
+            result = _locked_night(options, stores, settings, watch, lock)
+            fault_point("release")  # done: losing the database now must not fail the night
+            return result
     finally:
         stores.engine.dispose()
 
 
 def _locked_night(
-    options: NightOptions, stores: Stores, settings: Settings, watch: Stopwatch
+    options: NightOptions,
+    stores: Stores,
+    settings: Settings,
+    watch: Stopwatch,
+    lock: TickerLock,
 ) -> NightResult:
     progress = _Progress()
     try:
+        fault_point("ingest")
         data = prepare(options, stores, settings, watch)
+        fault_point("plan")
+        _reconcile(options, stores, lock)
         progress.row_opened = True  # from here on the night has a row to mark failed
         plan = plan_night(options, data, stores, _current_flow_run_id(), watch)
+        progress.experiment_id = plan.mlflow.experiment_id
         progress.parent_run_id = plan.mlflow.parent_run_id
-        training, applied = train_and_gate(options, data, plan, stores, settings, watch)
+        training, applied = train_and_gate(options, data, plan, stores, settings, watch, lock)
+        fault_point("forecast")
+        lock.check()
         forecast = forecast_next_week(options, data, plan, training, applied, stores)
         watch.lap("forecast_seconds")
         realised = tasks.score_past_forecasts(
@@ -292,10 +325,13 @@ def _locked_night(
             held_out_weeks=tuple(training.held_out_weeks) if training else (),
             decision=_decision(applied),
             promoted_version=applied.promoted_version if applied else None,
+            notes=plan.notes,
         )
-        return record(result, stores, watch)
+        fault_point("record")
+        lock.check()
+        return record(result, stores, watch, lock)
     except BaseException as exc:
-        _record_failure(options, stores, progress, exc)
+        _record_failure(options, stores, progress, exc, lock)
         raise
 
 
@@ -365,12 +401,18 @@ def plan_night(
             "data_fingerprint": fingerprint,
             "train_reason": training.reason[:500],
         },
+        flow_run_url(stores.prefect_ui, flow_run_id),
     )
-    link = stores.tracker.run_link(experiment_id, parent_run_id)
+    tracker = stores.tracker
+    refs = MlflowRefs(
+        experiment_id,
+        parent_run_id,
+        tracker.run_link(experiment_id, parent_run_id),
+        ui=tracker.ui_url,
+        runs_table=tracker.experiment_link(experiment_id),
+    )
     watch.lap("plan_seconds")
-    return NightPlan(
-        training, due, champion, fingerprint, MlflowRefs(experiment_id, parent_run_id, link)
-    )
+    return NightPlan(training, due, champion, fingerprint, refs, context.notes)
 
 
 def train_and_gate(
@@ -380,6 +422,7 @@ def train_and_gate(
     stores: Stores,
     settings: Settings,
     watch: Stopwatch,
+    lock: TickerLock,
 ) -> tuple[TrainingResult | None, AppliedDecision | None]:
     """Steps 4-6: train, score everyone on the same weeks and log in the child process; then
     the promotion gate. Without training the child only forecasts with the champion."""
@@ -404,10 +447,14 @@ def train_and_gate(
         forecast_week=plan.forecast_week.isoformat() if plan.forecast_week else None,
         score=train,
     )
+    fault_point("training")
+    lock.check()  # never two holders training one ticker
     training = tasks.train_and_score(job, opaque(data.closes), settings)
     watch.lap("child_seconds")
     if not train:
         return training, None
+    fault_point("promotion")
+    lock.check()
     applied = tasks.promote_if_better(
         stores.tracker,
         stores.engine,
@@ -417,6 +464,8 @@ def train_and_gate(
         champion,
         plan.mlflow.parent_run_id,
         settings.promotion_margin,
+        opaque(lock.fence),
+        max_p_value=settings.promotion_max_pvalue,
     )
     watch.lap("promote_seconds")
     return training, applied
@@ -447,8 +496,9 @@ def forecast_next_week(
         )
     label = "naive" if is_baseline else model_name(options.ticker)
     closes = {monday + dt.timedelta(days=i): float(v) for i, v in enumerate(values)}
+    bands = forecast_bands(closes, model.intervals if model is not None else None)
     inserted = tasks.store_forecast_rows(
-        stores.engine, options.ticker, options.as_of, closes, label, version, is_baseline
+        stores.engine, options.ticker, options.as_of, closes, label, version, is_baseline, bands
     )
     return NightForecast(
         week_start=monday,
@@ -456,15 +506,41 @@ def forecast_next_week(
         model_version=version,
         is_baseline=is_baseline,
         rows_inserted=inserted,
-        days=tuple(ForecastDay(day, close) for day, close in closes.items()),
+        days=tuple(ForecastDay(day, close, **bands.get(day, {})) for day, close in closes.items()),
     )
 
 
-def record(result: NightResult, stores: Stores, watch: Stopwatch) -> NightResult:
-    """Step 8: the Prefect artifact, the MLflow summary, the night marked done."""
+def forecast_bands(
+    closes: dict[dt.date, float], intervals: dict[str, object] | None
+) -> dict[dt.date, dict[str, float]]:
+    """Each forecast day's 80 % and 95 % bounds from the model's interval calibration (the
+    split-conformal quantiles of tonight's held-out residuals); {} without a calibration."""
+    from forecasting.intervals import IntervalCalibration
+
+    if not intervals or len(closes) != DAYS_PER_WEEK:
+        return {}
+    calibration = IntervalCalibration.from_dict(intervals)
+    days = sorted(closes)
+    point = [closes[day] for day in days]
+    bands: dict[dt.date, dict[str, float]] = {day: {} for day in days}
+    for level, suffix in ((0.80, "80"), (0.95, "95")):
+        lower, upper = calibration.bounds(point, level)
+        for day, low, high in zip(days, lower, upper, strict=True):
+            bands[day][f"lower_{suffix}"] = float(low)
+            bands[day][f"upper_{suffix}"] = float(high)
+    return bands
+
+
+def record(
+    result: NightResult, stores: Stores, watch: Stopwatch, lock: TickerLock | None = None
+) -> NightResult:
+    """Step 8: the Prefect artifact, the MLflow summary, the night marked done (fenced by the
+    ticker's lock when given)."""
     _log_outcome(result)
     tasks.publish_report(result)
-    tasks.record_night(stores.engine, stores.tracker, opaque(result))
+    tasks.record_night(
+        stores.engine, stores.tracker, opaque(result), opaque(lock.fence) if lock else None
+    )
     return replace(result, timings={**result.timings, "total_seconds": watch.total()})
 
 
@@ -473,6 +549,8 @@ def _log_outcome(result: NightResult) -> None:
     from prefect import get_run_logger
 
     logger = get_run_logger()
+    for note in result.notes:
+        logger.warning("%s", note)
     if result.decision is not None:
         logger.info("decision: %s — %s", result.decision.action, result.decision.reason)
     else:
@@ -514,6 +592,26 @@ def _tag_flow_run(tags: list[str]) -> None:
             client.update_flow_run(UUID(run_id), tags=merged)
     except Exception as exc:  # the API may be briefly away; the night itself is unaffected
         get_run_logger().warning("could not tag the flow run %s: %s", run_id, exc)
+
+
+def _prefect_ui(settings: Settings) -> str | None:
+    """The Prefect UI for links: PRICECAST_PREFECT_PUBLIC_URL, else Prefect's PREFECT_UI_URL
+    (derived from PREFECT_API_URL); None with the ephemeral in-process API."""
+    if settings.prefect_public_url:
+        return browser_url(settings.prefect_public_url)
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    if not PREFECT_API_URL.value():
+        return None
+    ui = PREFECT_UI_URL.value()
+    return browser_url(str(ui)) if ui else None
+
+
+def flow_run_url(prefect_ui: str | None, flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI."""
+    if not prefect_ui or not flow_run_id:
+        return None
+    return f"{prefect_ui}/runs/flow-run/{flow_run_id}"
 
 
 def _current_flow_run_id() -> str | None:
@@ -581,22 +679,61 @@ def _decision(applied: AppliedDecision | None) -> NightDecision | None:
     if applied is None:
         return None
     decision = applied.decision
-    return NightDecision(decision.action, decision.candidate, decision.reason)
+    return NightDecision(decision.action, decision.candidate, decision.reason, decision.p_value)
+
+
+def _reconcile(options: NightOptions, stores: Stores, lock: TickerLock) -> None:
+    """Close what earlier nights of this ticker left open; best effort (a failure here is
+    logged, and the next night tries again)."""
+    from prefect import get_run_logger
+
+    logger = get_run_logger()
+    try:
+        closed = tasks.reconcile(
+            stores.engine, stores.tracker, options.ticker, options.as_of, opaque(lock.fence)
+        )
+    except LockLost:
+        raise
+    except Exception as exc:
+        logger.warning("could not close what earlier nights left open: %s", _one_line(exc))
+        return
+    for what, items in closed.items():
+        if items:
+            logger.warning("closed %s left open by an earlier night: %s", what, items)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _record_failure(
-    options: NightOptions, stores: Stores, progress: _Progress, exc: BaseException
+    options: NightOptions,
+    stores: Stores,
+    progress: _Progress,
+    exc: BaseException,
+    lock: TickerLock | None = None,
 ) -> None:
-    """Best effort: the night is marked failed and its MLflow run closed as FAILED."""
+    """Best effort: the night is marked failed and its MLflow runs closed as FAILED.
+
+    The row is written only while no later holder took the lock (its token is unchanged):
+    a lock lost to a database restart leaves the row ours to close, one taken by another run
+    does not."""
     from storage.db import session_scope
     from storage.runs import fail_run
 
-    message = f"{type(exc).__name__}: {exc}"
+    message = _one_line(exc)
     # The database or MLflow may be what failed: the original error is the one to raise.
     if progress.row_opened:
         with contextlib.suppress(Exception), session_scope(stores.engine) as session:
-            fail_run(session, ticker=options.ticker, as_of=options.as_of, error=message)
+            if lock is None or lock.token_unchanged(session):
+                fail_run(session, ticker=options.ticker, as_of=options.as_of, error=message)
     if progress.parent_run_id is not None:
+        with contextlib.suppress(Exception):
+            if progress.experiment_id is not None:
+                stores.tracker.close_running(
+                    progress.experiment_id, parent_run_id=progress.parent_run_id
+                )
         with contextlib.suppress(Exception):
             stores.tracker.end_run(progress.parent_run_id, failed=True)
 

@@ -81,11 +81,13 @@ def pick_forecaster(
 
 @dataclass(frozen=True)
 class Score:
-    """A model's score on the night's held-out weeks (MAPE in percent, RMSE in dollars)."""
+    """A model's score on the night's held-out weeks (MAPE in percent, RMSE in dollars), and its
+    MAPE per held-out week (the paired losses of the significance test; () if unknown)."""
 
     name: str
     mape: float
     rmse: float
+    weekly_mape: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,41 @@ class Decision:
     candidate: str | None
     reason: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    #: The best candidate's Diebold-Mariano p-value: the larger of vs naive and vs the champion
+    #: (its weakest win); None when no paired test was possible.
+    p_value: float | None = None
 
     @property
     def promote(self) -> bool:
         return self.action == "promote"
+
+
+def paired_p_value(candidate: Score, other: Score) -> float | None:
+    """One-sided Diebold-Mariano (HLN) p-value of "the candidate's weekly MAPE is lower than
+    `other`'s" on their paired held-out weeks; None without two paired, finite weeks."""
+    from forecasting.significance import diebold_mariano
+
+    first, second = candidate.weekly_mape, other.weekly_mape
+    if len(first) < 2 or len(first) != len(second):
+        return None
+    if not all(math.isfinite(x) for x in (*first, *second)):
+        return None
+    return diebold_mariano(first, second).p_value
+
+
+def _p_values(candidate: Score, naive: Score, champion: Score | None) -> dict[str, float | None]:
+    values = {"p_vs_naive": paired_p_value(candidate, naive)}
+    if champion is not None:
+        values["p_vs_champion"] = paired_p_value(candidate, champion)
+    return values
+
+
+def _weakest(p_values: dict[str, float | None]) -> float | None:
+    """The larger p-value (the win most likely to be noise); None if any test was impossible."""
+    values = list(p_values.values())
+    if not values or any(p is None for p in values):
+        return None
+    return max(p for p in values if p is not None)
 
 
 def decide_promotion(
@@ -109,25 +142,40 @@ def decide_promotion(
     naive: Score,
     margin: float = 0.0,
     champion_version: int | None = None,
+    max_p_value: float | None = None,
 ) -> Decision:
     """Promote the best candidate whose MAPE beats naive's AND the champion's by more than
     `margin` points; with no champion it must beat naive only. Anything else keeps the champion.
     Ties never promote, and nothing worse than naive is ever promoted.
+
+    Every candidate gets a one-sided Diebold-Mariano p-value against naive and the champion on
+    the held-out weeks' MAPE (in `numbers`, and the best's in the reason). With `max_p_value`
+    set, the best must also have both p-values <= it (a win that could be noise keeps the
+    champion); unset, the p-values are only reported.
     """
     if margin < 0:
         raise ConfigError(f"promotion margin must be >= 0 MAPE points, got {margin}")
+    if max_p_value is not None and not 0.0 < max_p_value <= 1.0:
+        raise ConfigError(f"the promotion's max p-value must be in (0, 1], got {max_p_value}")
     numbers: dict[str, Any] = {
         "margin": margin,
+        "max_p_value": max_p_value,
         "naive": {"mape": naive.mape, "rmse": naive.rmse},
         "champion": None
         if champion is None
         else {"mape": champion.mape, "rmse": champion.rmse, "version": champion_version},
-        "candidates": {c.name: {"mape": c.mape, "rmse": c.rmse} for c in candidates},
+        "candidates": {
+            c.name: {"mape": c.mape, "rmse": c.rmse, **_p_values(c, naive, champion)}
+            for c in candidates
+        },
     }
     finite = [c for c in candidates if math.isfinite(c.mape)]
     if not finite:
         return Decision("keep", None, "no candidate was scored", numbers)
     best = min(finite, key=lambda c: c.mape)
+    best_p = _p_values(best, naive, champion)
+    p_value = _weakest(best_p)
+    p_text = _p_text(best_p, len(best.weekly_mape))
     bars = [("naive", naive.mape)]
     if champion is not None:
         bars.append(
@@ -135,22 +183,41 @@ def decide_promotion(
         )
     missed = [(who, mape) for who, mape in bars if not best.mape < mape - margin]
     bar_text = " and ".join(f"{who} ({mape:.3f} %)" for who, mape in bars)
-    if not missed:
-        return Decision(
-            "promote",
-            best.name,
-            f"{best.name} MAPE {best.mape:.3f} % beats {bar_text} by more than {margin:g} points",
-            numbers,
-        )
-    missed_text = " and ".join(f"{who} ({mape:.3f} %)" for who, mape in missed)
     kept = "the champion stays" if champion is not None else "no champion yet; naive serves"
+    if not missed:
+        beats = (
+            f"{best.name} MAPE {best.mape:.3f} % beats {bar_text} by more than {margin:g} points"
+        )
+        if max_p_value is not None and (p_value is None or p_value > max_p_value):
+            shown = "untestable" if p_value is None else f"p = {p_value:.3f}"
+            return Decision(
+                "keep",
+                None,
+                f"{beats}, but the win is not significant ({shown} > {max_p_value:g}, "
+                f"PRICECAST_PROMOTION_MAX_PVALUE){p_text}; {kept}",
+                numbers,
+                p_value,
+            )
+        return Decision("promote", best.name, beats + p_text, numbers, p_value)
+    missed_text = " and ".join(f"{who} ({mape:.3f} %)" for who, mape in missed)
     return Decision(
         "keep",
         None,
         f"best candidate {best.name} MAPE {best.mape:.3f} % does not beat {missed_text} "
-        f"by more than {margin:g} points; {kept}",
+        f"by more than {margin:g} points{p_text}; {kept}",
         numbers,
+        p_value,
     )
+
+
+def _p_text(p_values: dict[str, float | None], weeks: int) -> str:
+    """' (Diebold-Mariano p = 0.031 vs naive, 0.210 vs champion; 19 weeks)' or ''."""
+    shown = [
+        f"{p:.3f} vs {key.removeprefix('p_vs_')}" for key, p in p_values.items() if p is not None
+    ]
+    if not shown:
+        return ""
+    return f" (Diebold-Mariano p = {', '.join(shown)}; {weeks} weeks)"
 
 
 class AliasMove(Protocol):

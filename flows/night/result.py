@@ -30,12 +30,29 @@ class NightDecision:
     action: Literal["promote", "keep"]
     candidate: str | None
     reason: str
+    #: The best candidate's Diebold-Mariano p-value (the larger of vs naive and vs champion).
+    p_value: float | None = None
 
 
 @dataclass(frozen=True)
 class ForecastDay:
     date: dt.date
     close: float
+    #: The 80 % and 95 % prediction interval in dollars (None: forecast without bands).
+    lower_80: float | None = None
+    upper_80: float | None = None
+    lower_95: float | None = None
+    upper_95: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "date": self.date.isoformat(),
+            "close": self.close,
+            "lower_80": self.lower_80,
+            "upper_80": self.upper_80,
+            "lower_95": self.lower_95,
+            "upper_95": self.upper_95,
+        }
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,11 @@ class RealisedAccuracy:
     rmse: float | None
     mape: float | None
     weeks_scored_tonight: int = 0
+    #: Fraction of forecast days (stored with bands) whose actual fell in the 80 / 95 % band.
+    coverage_80: float | None = None
+    coverage_95: float | None = None
+    #: How many of `days` had bands (older forecasts and naive's may have none).
+    interval_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,10 @@ class MlflowRefs:
     parent_run_id: str
     #: A link to the parent run in the MLflow UI (or the run's URI on a local store).
     parent_run: str
+    #: The MLflow UI for a person's browser (None on a local store): links to runs and versions.
+    ui: str | None = None
+    #: The experiment's runs table (scores and decisions as columns); None without a UI.
+    runs_table: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +117,8 @@ class NightResult:
     held_out_weeks: tuple[str, ...] = ()
     decision: NightDecision | None = None
     promoted_version: int | None = None
+    #: What the night noticed on the way (e.g. the champion alias moved outside pricecast).
+    notes: tuple[str, ...] = ()
     forecast: NightForecast | None = None
 
     @property
@@ -131,9 +159,11 @@ class NightResult:
                 "action": self.decision.action,
                 "candidate": self.decision.candidate,
                 "reason": self.decision.reason,
+                "p_value": self.decision.p_value,
             },
             "promoted": self.promoted,
             "promoted_version": self.promoted_version,
+            "notes": list(self.notes),
             "champion_version": self.champion_version,
             "forecast": None
             if forecast is None
@@ -143,18 +173,22 @@ class NightResult:
                 "model_version": forecast.model_version,
                 "is_baseline": forecast.is_baseline,
                 "rows_inserted": forecast.rows_inserted,
-                "closes": [{"date": d.date.isoformat(), "close": d.close} for d in forecast.days],
+                "closes": [d.to_dict() for d in forecast.days],
             },
             "realised": {
                 "days": self.realised.days,
                 "rmse": self.realised.rmse,
                 "mape": self.realised.mape,
                 "weeks_scored_tonight": self.realised.weeks_scored_tonight,
+                "coverage_80": self.realised.coverage_80,
+                "coverage_95": self.realised.coverage_95,
+                "interval_days": self.realised.interval_days,
             },
             "mlflow": {
                 "experiment_id": self.mlflow.experiment_id,
                 "parent_run_id": self.mlflow.parent_run_id,
                 "parent_run": self.mlflow.parent_run,
+                "runs_table": self.mlflow.runs_table,
             },
             "timings": dict(self.timings),
         }

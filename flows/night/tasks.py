@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from flows.night.policy import Score, decide_promotion
 from flows.night.report import markdown
@@ -34,6 +35,8 @@ from pricecast.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from storage.runs import Forecast
 
 IO_RETRIES = 2
 IO_RETRY_DELAYS = [1.0, 4.0]
@@ -98,6 +101,8 @@ class NightContext:
     last_trained_had_champion: bool
     stored_forecast_days: int
     champion: ChampionRef | None
+    #: What the night noticed and recorded before planning (an alias moved outside pricecast).
+    notes: tuple[str, ...] = ()
 
 
 @io_task("plan night")
@@ -110,7 +115,9 @@ def open_night(
     flow_run_id: str | None,
 ) -> NightContext:
     """Open the night's row; gather what the decisions need: earlier nights, the champion,
-    whether tonight's forecast is already stored."""
+    whether tonight's forecast is already stored. A champion alias moved outside pricecast is
+    recorded in `promotions` as an external move (and noted)."""
+    from flows.tracking.promotion import record_external_move
     from storage.db import session_scope
     from storage.runs import begin_run, forecasts_for, last_trained_run
 
@@ -124,11 +131,15 @@ def open_night(
         )
         last = last_trained_run(session, ticker=ticker, as_of=as_of)
         stored_forecast = len(forecasts_for(session, ticker=ticker, as_of=as_of))
+    champion = tracker.champion(ticker)  # after the row is open: an MLflow outage fails it
+    with session_scope(engine) as session:
+        external = record_external_move(session, ticker=ticker, as_of=as_of, champion=champion)
     return NightContext(
         last_trained_week=last.last_complete_week if last else None,
         last_trained_had_champion=bool(last and last.champion_version is not None),
         stored_forecast_days=stored_forecast,
-        champion=tracker.champion(ticker),
+        champion=champion,
+        notes=(external,) if external else (),
     )
 
 
@@ -139,6 +150,7 @@ def start_mlflow_run(
     as_of: dt.date,
     flow_run_id: str | None,
     params: Mapping[str, object],
+    flow_run_url: str | None = None,
 ) -> tuple[str, str]:
     experiment_id = tracker.ensure_experiment(ticker)
     run_id = tracker.start_parent_run(
@@ -147,6 +159,7 @@ def start_mlflow_run(
         as_of=as_of,
         flow_run_id=flow_run_id,
         params=params,
+        flow_run_url=flow_run_url,
     )
     return experiment_id, run_id
 
@@ -173,7 +186,7 @@ def promotion_scores(result: TrainingResult) -> tuple[list[Score], Score | None,
         model = result.model(name)
         if model is None or model.mape is None or model.rmse is None:
             return None
-        return Score(name, model.mape, model.rmse)
+        return Score(name, model.mape, model.rmse, tuple(model.weekly_mape))
 
     naive = score("naive")
     if naive is None:
@@ -192,9 +205,12 @@ def promote_if_better(
     champion: ChampionRef | None,
     parent_run_id: str,
     margin: float,
+    fence: Callable[[Session], None] | None = None,
+    max_p_value: float | None = None,
 ) -> AppliedDecision:
     """Decide (pure) and apply: versions, audit row, alias. No retries: a half-applied attempt
-    is rolled back, and rerunning the night redoes it."""
+    is rolled back, and rerunning the night redoes it. `max_p_value` (None: report only) is the
+    Diebold-Mariano p-value a promoted candidate must reach."""
     candidates, champion_score, naive = promotion_scores(result)
     decision = decide_promotion(
         candidates,
@@ -202,6 +218,7 @@ def promote_if_better(
         naive=naive,
         margin=margin,
         champion_version=champion.version if champion else None,
+        max_p_value=max_p_value,
     )
     trained = [
         TrainedCandidate(
@@ -225,6 +242,7 @@ def promote_if_better(
         champion=champion,
         training_cutoff=dt.date.fromisoformat(result.train_until) if result.train_until else None,
         run_ids={"parent": parent_run_id, **{m.name: m.run_id for m in result.models}},
+        fence=fence,
     )
 
 
@@ -237,6 +255,7 @@ def store_forecast_rows(
     model: str,
     version: int | None,
     is_baseline: bool,
+    bands: Mapping[dt.date, Mapping[str, float]] | None = None,
 ) -> int:
     from storage.db import session_scope
     from storage.runs import store_forecast
@@ -250,24 +269,61 @@ def store_forecast_rows(
             model_name=model,
             model_version=version,
             is_baseline=is_baseline,
+            bands=bands,
         )
 
 
-def realised_accuracy(pairs: Sequence[tuple[float, float]], weeks_scored: int) -> RealisedAccuracy:
-    """RMSE ($) and MAPE (%) over every forecast day with a known actual: (actual, predicted)."""
+#: A forecast day with its actual: (actual, predicted, {level: (lower, upper) or None}).
+ScoredDay = tuple[float, float, Mapping[float, tuple[float, float] | None]]
+
+
+def realised_coverage(days: Sequence[ScoredDay], level: float) -> tuple[float | None, int]:
+    """(fraction of days whose actual fell inside the `level` band, days that had a band)."""
+    from forecasting.intervals import coverage
+
+    banded = [(a, band) for a, _, bands in days if (band := bands.get(level)) is not None]
+    if not banded:
+        return None, 0
+    actual = [a for a, _ in banded]
+    lower = [band[0] for _, band in banded]
+    upper = [band[1] for _, band in banded]
+    return coverage(actual, lower, upper), len(banded)
+
+
+def realised_accuracy(
+    pairs: Sequence[tuple[float, float]] | Sequence[ScoredDay], weeks_scored: int
+) -> RealisedAccuracy:
+    """RMSE ($) and MAPE (%) over every forecast day with a known actual: (actual, predicted),
+    and, for days stored with bands ((actual, predicted, {level: (lower, upper)})), the realised
+    coverage of the 80 % and 95 % intervals."""
     if not pairs:
         return RealisedAccuracy(days=0, rmse=None, mape=None, weeks_scored_tonight=weeks_scored)
     import numpy as np
 
     from forecasting.metrics import mape, rmse
 
-    actual = np.array([a for a, _ in pairs], dtype="float64")
-    predicted = np.array([p for _, p in pairs], dtype="float64")
+    actual = np.array([p[0] for p in pairs], dtype="float64")
+    predicted = np.array([p[1] for p in pairs], dtype="float64")
+    days: list[ScoredDay] = [p for p in pairs if len(p) == 3]  # type: ignore[misc]
+    coverage_80, banded = realised_coverage(days, 0.80)
+    coverage_95, _ = realised_coverage(days, 0.95)
     return RealisedAccuracy(
         days=len(pairs),
         rmse=rmse(actual, predicted),
         mape=mape(actual, predicted),
         weeks_scored_tonight=weeks_scored,
+        coverage_80=coverage_80,
+        coverage_95=coverage_95,
+        interval_days=banded,
+    )
+
+
+def scored_day(row: Forecast) -> ScoredDay:
+    """A stored, scored forecast row as `realised_accuracy` reads it."""
+    return (
+        row.actual_close or 0.0,
+        row.predicted_close,
+        {0.80: row.band(0.80), 0.95: row.band(0.95)},
     )
 
 
@@ -289,7 +345,7 @@ def score_past_forecasts(
         record_actuals(session, ticker=ticker, as_of=as_of, actuals=dict(closes))
         weeks_scored = 0
         for night, rows in complete_unscored_forecasts(session, ticker=ticker).items():
-            week = realised_accuracy([(r.actual_close or 0.0, r.predicted_close) for r in rows], 0)
+            week = realised_accuracy([scored_day(r) for r in rows], 0)
             add_forecast_score(
                 session,
                 ticker=ticker,
@@ -299,16 +355,19 @@ def score_past_forecasts(
                 mape=float(week.mape or 0.0),
             )
             weeks_scored += 1
-        pairs = [
-            (r.actual_close or 0.0, r.predicted_close)
-            for r in scored_forecasts(session, ticker=ticker, as_of=as_of)
-        ]
-    return realised_accuracy(pairs, weeks_scored)
+        days = [scored_day(r) for r in scored_forecasts(session, ticker=ticker, as_of=as_of)]
+    return realised_accuracy(days, weeks_scored)
 
 
 @io_task("record night")
-def record_night(engine: Engine, tracker: Tracker, result: NightResult) -> None:
-    """The night's summary on its MLflow parent run, then the night marked done."""
+def record_night(
+    engine: Engine,
+    tracker: Tracker,
+    result: NightResult,
+    fence: Callable[[Session], None] | None = None,
+) -> None:
+    """The night's summary on its MLflow parent run, then the night marked done (only while
+    `fence(session)` passes in that transaction: the ticker's lock is still ours)."""
     from storage.db import session_scope
     from storage.runs import finish_run
 
@@ -332,11 +391,16 @@ def record_night(engine: Engine, tracker: Tracker, result: NightResult) -> None:
             "trained": result.trained,
             "decision": decision.action if decision else "none",
             "decision_reason": (decision.reason if decision else result.train_reason)[:4000],
+            "decision_p_value": ""
+            if decision is None or decision.p_value is None
+            else f"{decision.p_value:.6f}",
             "champion_version": result.champion_version,
         },
     )
     tracker.end_run(parent_run_id)
     with session_scope(engine) as session:
+        if fence is not None:
+            fence(session)
         finish_run(
             session,
             ticker=result.ticker,
@@ -345,6 +409,24 @@ def record_night(engine: Engine, tracker: Tracker, result: NightResult) -> None:
             timings=dict(result.timings),
             mlflow_run_id=parent_run_id,
         )
+
+
+@io_task("reconcile earlier nights")
+def reconcile(
+    engine: Engine, tracker: Tracker, ticker: str, as_of: dt.date, fence: Callable[[Session], None]
+) -> dict[str, list[Any]]:
+    """Close what an earlier night of `ticker` left open when it crashed or lost the lock (run
+    under the ticker's lock, so its holder is gone): rows still `running` become failed, its
+    MLflow runs still RUNNING become FAILED, versions still `decision=pending` become failed."""
+    from storage.db import session_scope
+    from storage.runs import close_orphaned_runs
+
+    with session_scope(engine) as session:
+        fence(session)
+        rows = close_orphaned_runs(session, ticker=ticker, closed_by=as_of)
+    runs = tracker.close_running(tracker.ensure_experiment(ticker))
+    versions = tracker.settle_pending(ticker)
+    return {"nightly_runs": rows, "mlflow_runs": runs, "versions": versions}
 
 
 def artifact_key(ticker: str) -> str:

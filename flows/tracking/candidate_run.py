@@ -1,13 +1,14 @@
 """What an MLflow candidate run contains, logged by the training child: a nested run under the
 night's parent with params, scores (per held-out week as steps), the predictions CSV, a
-forecast-vs-actual plot and, for a model trained tonight, the Keras model with its signature.
+forecast-vs-actual plot (with the 80/95 % bands) and, for a model trained tonight, the servable
+pyfunc (network + interval calibration from tonight's held-out residuals; `flows.serving`).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,9 +25,11 @@ if TYPE_CHECKING:
 
     from forecasting.backtest import BacktestResult, CandidateResult
     from forecasting.candidates import LSTMForecaster
+    from forecasting.intervals import IntervalCalibration
 
 PREDICTIONS_FILE = "predictions.csv"
 PLOT_FILE = "forecast_vs_actual.png"
+INTERVALS_FILE = "intervals.json"
 MODEL_NAME = "model"
 
 
@@ -40,12 +43,18 @@ class LoggedCandidate:
 @dataclass(frozen=True)
 class TrainedModel:
     """A model trained tonight, as its run logs it: the Keras model, its metadata, and the first
-    held-out window with the model's own output for it (the signature's examples)."""
+    held-out window with the model's own output for it (the signature's examples).
+
+    With `forecaster`, `calibration` and `recent_closes` the run logs the servable pyfunc
+    (`flows.serving.log_servable_model`); without them, the bare Keras model (the old way)."""
 
     keras_model: keras.Model
     metadata: dict[str, str]
     input_example: np.ndarray
     output_example: np.ndarray
+    forecaster: LSTMForecaster | None = None
+    calibration: IntervalCalibration | None = None
+    recent_closes: pd.DataFrame | None = None
 
 
 def trained_model(
@@ -53,7 +62,12 @@ def trained_model(
     weeks: pd.DataFrame,
     scored: CandidateResult,
     backtest: BacktestResult,
+    *,
+    recent_closes: pd.DataFrame | None = None,
+    calibration: IntervalCalibration | None = None,
 ) -> TrainedModel:
+    """The model to log; servable when `recent_closes` (daily closes, the input example) and the
+    `calibration` from tonight's held-out residuals are given."""
     from forecasting.windows import make_windows
 
     if forecaster.model is None or forecaster.metadata is None:
@@ -73,6 +87,9 @@ def trained_model(
         metadata={k: str(v) for k, v in forecaster.metadata.to_dict().items()},
         input_example=window.inputs.astype("float32"),
         output_example=output.astype("float32"),
+        forecaster=forecaster if calibration is not None and recent_closes is not None else None,
+        calibration=calibration,
+        recent_closes=recent_closes,
     )
 
 
@@ -125,7 +142,11 @@ def predictions_csv(backtest: BacktestResult, predictions: np.ndarray) -> str:
 
 
 def plot_forecast_vs_actual(
-    path: Path, name: str, backtest: BacktestResult, predictions: np.ndarray
+    path: Path,
+    name: str,
+    backtest: BacktestResult,
+    predictions: np.ndarray,
+    calibration: IntervalCalibration | None = None,
 ) -> None:
     import matplotlib
 
@@ -136,6 +157,19 @@ def plot_forecast_vs_actual(
 
     days = [w + pd.Timedelta(days=d) for w in backtest.held_out_weeks for d in range(7)]
     fig, ax = plt.subplots(figsize=(9, 4))
+    if calibration is not None:
+        # In-sample bands (calibrated on these very weeks): they show the width, not coverage.
+        for level, alpha in ((0.95, 0.15), (0.80, 0.3)):
+            lower, upper = calibration.bounds(predictions, level)
+            ax.fill_between(
+                days,
+                lower.ravel(),
+                upper.ravel(),
+                color="tab:blue",
+                alpha=alpha,
+                linewidth=0,
+                label=f"{level:.0%} band",
+            )
     ax.plot(days, backtest.actuals.ravel(), label="actual", color="black", linewidth=1.2)
     ax.plot(days, predictions.ravel(), label=name, color="tab:blue", linewidth=1.0)
     ax.set_title(f"{name}: forecast vs actual on the held-out weeks")
@@ -160,6 +194,7 @@ def log_candidate_run(
     params: Mapping[str, object],
     model: TrainedModel | None,
     tags: Mapping[str, str],
+    calibration: IntervalCalibration | None = None,
 ) -> LoggedCandidate:
     """The nested run of one scored model under the night's parent run. Tonight's candidates get
     the plot (the champion and naive only the CSV: plots cost); a trained one gets its model."""
@@ -170,10 +205,18 @@ def log_candidate_run(
         _use_tracking_uri(tracking_uri)
         with mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=name,
+            # The night's date in the name: every night's runs are told apart in the runs table.
+            run_name=f"{name} {params.get('as_of', '')}".strip(),
             parent_run_id=parent_run_id,
             nested=True,
-            tags={"pricecast.role": role, "candidate": name, **tags},
+            # An evaluation run (scored on held-out weeks): MLflow's runs table then opens the
+            # night's parent run expanded, its models and their scores in view.
+            tags={
+                "pricecast.role": role,
+                "candidate": name,
+                "mlflow.runType": "evaluation",
+                **tags,
+            },
         ) as run:
             log_values(
                 mlflow.MlflowClient(tracking_uri=tracking_uri),
@@ -184,6 +227,7 @@ def log_candidate_run(
                     "mape": scored.mape,
                     "train_seconds": scored.train_seconds,
                 },
+                series_dates=[w.date() for w in backtest.held_out_weeks],
                 series={
                     "weekly_rmse": scored.weekly_rmse.tolist(),
                     "weekly_mape": scored.weekly_mape.tolist(),
@@ -194,12 +238,18 @@ def log_candidate_run(
                 (folder / PREDICTIONS_FILE).write_text(
                     predictions_csv(backtest, scored.predictions)
                 )
+                if calibration is not None:
+                    (folder / INTERVALS_FILE).write_text(
+                        json.dumps(calibration.to_dict(), indent=2)
+                    )
                 if role == "candidate":
-                    plot_forecast_vs_actual(folder / PLOT_FILE, name, backtest, scored.predictions)
+                    plot_forecast_vs_actual(
+                        folder / PLOT_FILE, name, backtest, scored.predictions, calibration
+                    )
                 mlflow.log_artifacts(tmp)
             if model is None:
                 return LoggedCandidate(run_id=run.info.run_id)
-            info = _log_keras(model, params)
+            info = _log_model(model, params)
             return LoggedCandidate(
                 run_id=run.info.run_id, model_uri=info.model_uri, model_id=info.model_id
             )
@@ -207,6 +257,20 @@ def log_candidate_run(
         raise
     except Exception as exc:
         raise unavailable(tracking_uri, f"logging the {name} run", exc) from exc
+
+
+def _log_model(model: TrainedModel, params: Mapping[str, object]) -> ModelInfo:
+    """The servable pyfunc when the model carries its calibration; else the bare Keras model."""
+    if model.forecaster is None or model.calibration is None or model.recent_closes is None:
+        return _log_keras(model, params)
+    from flows.serving.log import log_servable_model
+
+    return log_servable_model(
+        model.forecaster,
+        model.calibration,
+        recent_closes=model.recent_closes,
+        name=MODEL_NAME,
+    )
 
 
 def _log_keras(model: TrainedModel, params: Mapping[str, object]) -> ModelInfo:
@@ -227,12 +291,30 @@ def _log_keras(model: TrainedModel, params: Mapping[str, object]) -> ModelInfo:
 
 def load_keras_model(tracking_uri: str, model_uri: str) -> keras.Model:
     """The Keras model behind a registry URI (e.g. models:/pricecast-BTC-USD/3)."""
+    return load_registered_model(tracking_uri, model_uri)[0]
+
+
+def load_registered_model(
+    tracking_uri: str, model_uri: str
+) -> tuple[keras.Model, IntervalCalibration | None]:
+    """The Keras network behind a registry URI and the interval calibration logged with it.
+
+    A servable pyfunc version (`flows.serving`) gives both; a version logged the old way, as a
+    bare Keras model, gives the network and None."""
     import mlflow.keras
+
+    from flows.serving.log import load_logged_forecaster
+    from pricecast.errors import DataError
 
     try:
         _use_tracking_uri(tracking_uri)
-        model: keras.Model = mlflow.keras.load_model(model_uri)
-        return model
+        try:
+            logged = load_logged_forecaster(model_uri, tracking_uri=tracking_uri)
+        except DataError:  # not a servable pyfunc: a plain Keras model logged before them
+            model: keras.Model = mlflow.keras.load_model(model_uri)
+            return model, None
+        assert logged.forecaster.model is not None
+        return logged.forecaster.model, logged.calibration
     except Exception as exc:
         raise unavailable(tracking_uri, f"loading {model_uri}", exc) from exc
 
@@ -244,3 +326,58 @@ def _use_tracking_uri(tracking_uri: str) -> None:
     # Set, never restored: the child's threads (logging a run, loading the champion) share this
     # process-wide URI, and restoring it in one thread pulls it from under the other.
     mlflow.set_tracking_uri(tracking_uri)
+
+
+COMPARISON_PLOT_FILE = "forecasts_vs_actual.png"
+
+
+def plot_comparison(path: Path, passes: Sequence[BacktestResult]) -> None:
+    """Every scored model's forecast against the actual closes on the held-out weeks, in one
+    picture (the night's parent run): the passes share their weeks and actuals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    first = passes[0]
+    days = [w + pd.Timedelta(days=d) for w in first.held_out_weeks for d in range(7)]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.plot(days, first.actuals.ravel(), label="actual", color="black", linewidth=1.6)
+    for result in passes:
+        for scored in result.candidates:
+            dashed = scored.name in {"naive", "champion"}
+            ax.plot(
+                days,
+                scored.predictions.ravel(),
+                label=f"{scored.name} (MAPE {scored.mape:.2f} %)",
+                linewidth=1.0,
+                linestyle="--" if dashed else "-",
+            )
+    ax.set_title("Forecasts vs actual closes on the held-out weeks")
+    ax.set_ylabel("close (USD)")
+    ax.legend(fontsize="small")
+    ax.set_xticks(days[:: max(len(days) // 6, 1)])
+    ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d"))
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.12)
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def log_comparison_chart(
+    tracking_uri: str, parent_run_id: str, passes: Sequence[BacktestResult]
+) -> None:
+    """`plot_comparison` as an artifact of the night's parent run."""
+    import mlflow
+
+    if not passes:
+        return
+    try:
+        configure_http_defaults()
+        with tempfile.TemporaryDirectory(prefix="pricecast-") as tmp:
+            path = Path(tmp) / COMPARISON_PLOT_FILE
+            plot_comparison(path, passes)
+            mlflow.MlflowClient(tracking_uri=tracking_uri).log_artifact(parent_run_id, str(path))
+    except Exception as exc:
+        raise unavailable(tracking_uri, "logging the comparison chart", exc) from exc

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from forecasting.backtest import BacktestResult, CandidateResult
     from forecasting.base import Forecaster
     from forecasting.candidates import LSTMForecaster
+    from forecasting.intervals import IntervalCalibration
 
 
 def run(workdir: Path) -> JsonObject:
@@ -38,11 +39,12 @@ def run(workdir: Path) -> JsonObject:
 def execute(job: TrainingJob, workdir: Path) -> TrainingResult:
     """The child's work on the closes in `workdir`: score (and log) every model, or, on a night
     without training, only forecast with the champion and naive."""
-    from forecasting.candidates import TRAINED_STRATEGIES, check_strategies
+    from forecasting.strategies import TRAINED_STRATEGIES, check_strategies
     from forecasting.weeks import group_iso_weeks
 
     started = time.perf_counter()
-    weeks = group_iso_weeks(read_closes(workdir), dt.date.fromisoformat(job.as_of))
+    daily = read_closes(workdir)
+    weeks = group_iso_weeks(daily, dt.date.fromisoformat(job.as_of))
     if not job.score:
         models = _forecast_only(job, weeks)
         timings = {"total_seconds": time.perf_counter() - started}
@@ -50,7 +52,7 @@ def execute(job: TrainingJob, workdir: Path) -> TrainingResult:
 
     check_strategies(job.strategies, allowed=TRAINED_STRATEGIES)
     timings = {}
-    held_out, models = _score_and_log(job, weeks, timings)
+    held_out, models = _score_and_log(job, weeks, timings, daily)
     timings["total_seconds"] = time.perf_counter() - started
     return TrainingResult(
         held_out_weeks=[w.date().isoformat() for w in held_out.held_out_weeks],
@@ -61,7 +63,7 @@ def execute(job: TrainingJob, workdir: Path) -> TrainingResult:
 
 
 def _score_and_log(
-    job: TrainingJob, weeks: pd.DataFrame, timings: dict[str, float]
+    job: TrainingJob, weeks: pd.DataFrame, timings: dict[str, float], daily: pd.DataFrame
 ) -> tuple[BacktestResult, list[ModelOutcome]]:
     """Tonight's candidates, the champion and naive scored on the same held-out weeks.
 
@@ -75,7 +77,7 @@ def _score_and_log(
     independent = [s for s in job.strategies if s != "retrain"]
     dependent = [s for s in job.strategies if s == "retrain"]
     with ThreadPoolExecutor(1) as loader, ThreadPoolExecutor(1) as logger:
-        scoring = _Scoring(job, weeks, logger, timings)
+        scoring = _Scoring(job, weeks, logger, timings, daily)
         champion_load = loader.submit(_load_champion, job) if job.champion_uri else None
         # Naive first (instant), so its run is logged while the LSTMs train.
         scoring.score([Naive()], {"naive": "baseline"})
@@ -83,7 +85,7 @@ def _score_and_log(
             candidates = [_candidate(job, s, None) for s in independent]
             scoring.score(candidates, dict.fromkeys(independent, "candidate"))
         mark = time.perf_counter()
-        champion = champion_load.result() if champion_load is not None else None
+        champion = champion_load.result()[0] if champion_load is not None else None
         timings["load_champion_wait_seconds"] = time.perf_counter() - mark
         rest = [_candidate(job, s, champion) for s in dependent]
         roles: dict[str, ModelRole] = dict.fromkeys(dependent, "candidate")
@@ -92,8 +94,10 @@ def _score_and_log(
             roles["champion"] = "champion"
         if rest:
             scoring.score(rest, roles)
+        chart = logger.submit(_log_comparison, job, scoring.passes)
         mark = time.perf_counter()
         models = scoring.outcomes(order=[*job.strategies, "champion", "naive"])
+        chart.result()
         timings["logging_wait_seconds"] = time.perf_counter() - mark
     return scoring.held_out(), models
 
@@ -107,10 +111,12 @@ class _Scoring:
         weeks: pd.DataFrame,
         logger: ThreadPoolExecutor,
         timings: dict[str, float],
+        daily: pd.DataFrame,
     ) -> None:
         from forecasting import model as lstm
 
         self.job, self.weeks, self.logger, self.timings = job, weeks, logger, timings
+        self.daily = daily
         config = lstm.LSTMConfig().with_overrides(epochs=job.epochs, window_weeks=job.window_weeks)
         windows = [config.window_weeks]
         if job.champion_uri and "window_weeks" in job.champion_metadata:
@@ -141,6 +147,7 @@ class _Scoring:
                 _outcome,
                 self.job,
                 self.weeks,
+                self.daily,
                 result,
                 scored,
                 by_name[scored.name],
@@ -158,6 +165,13 @@ class _Scoring:
         return [self.logged[name].result() for name in order if name in self.logged]
 
 
+def _log_comparison(job: TrainingJob, passes: list[BacktestResult]) -> None:
+    """One chart of every model against the actuals, on the night's parent run."""
+    from flows.tracking.candidate_run import log_comparison_chart
+
+    log_comparison_chart(job.tracking_uri, job.parent_run_id, passes)
+
+
 def _candidate(job: TrainingJob, strategy: str, champion: LSTMForecaster | None) -> Forecaster:
     """The forecasting package's own candidate for `strategy` (same defaults as `backtest`)."""
     from forecasting.candidates import build_candidates
@@ -173,12 +187,24 @@ def _candidate(job: TrainingJob, strategy: str, champion: LSTMForecaster | None)
     return candidate
 
 
-def _load_champion(job: TrainingJob) -> LSTMForecaster:
-    from flows.tracking.candidate_run import load_keras_model
+def _load_champion(job: TrainingJob) -> tuple[LSTMForecaster, IntervalCalibration | None]:
+    """The champion's network (its metadata from the registry) and, for a servable version, the
+    interval calibration it was logged with (None for a version logged as bare Keras)."""
+    from flows.tracking.candidate_run import load_registered_model
     from forecasting.candidates import from_keras
 
-    keras_model = load_keras_model(job.tracking_uri, job.champion_uri or "")
-    return from_keras(keras_model, job.champion_metadata, name="champion")
+    keras_model, calibration = load_registered_model(job.tracking_uri, job.champion_uri or "")
+    return from_keras(keras_model, job.champion_metadata, name="champion"), calibration
+
+
+def _calibration(backtest: BacktestResult, scored: CandidateResult) -> IntervalCalibration | None:
+    """Split-conformal bands from this model's held-out residuals tonight (None if unusable)."""
+    from forecasting.intervals import calibrate_intervals
+
+    try:
+        return calibrate_intervals(backtest.actuals, scored.predictions)
+    except ValueError:  # a non-positive or non-finite prediction: no honest band
+        return None
 
 
 def _next_week(job: TrainingJob, weeks: pd.DataFrame, forecaster: Forecaster) -> list[float] | None:
@@ -193,6 +219,7 @@ def _next_week(job: TrainingJob, weeks: pd.DataFrame, forecaster: Forecaster) ->
 def _outcome(
     job: TrainingJob,
     weeks: pd.DataFrame,
+    daily: pd.DataFrame,
     backtest: BacktestResult,
     scored: CandidateResult,
     forecaster: Forecaster,
@@ -204,8 +231,11 @@ def _outcome(
     from forecasting.candidates import LSTMForecaster
 
     next_week = _next_week(job, weeks, forecaster)
+    calibration = _calibration(backtest, scored)
     model = (
-        trained_model(forecaster, weeks, scored, backtest)
+        trained_model(
+            forecaster, weeks, scored, backtest, recent_closes=daily, calibration=calibration
+        )
         if isinstance(forecaster, LSTMForecaster) and role == "candidate"
         else None
     )
@@ -228,6 +258,7 @@ def _outcome(
         params=params,
         model=model,
         tags={"as_of": job.as_of, "ticker": job.ticker},
+        calibration=calibration,
     )
     return ModelOutcome(
         name=scored.name,
@@ -244,6 +275,7 @@ def _outcome(
         model_uri=logged.model_uri,
         model_id=logged.model_id,
         next_week=next_week,
+        intervals=calibration.to_dict() if calibration is not None else None,
     )
 
 
@@ -253,11 +285,11 @@ def _forecast_only(job: TrainingJob, weeks: pd.DataFrame) -> list[ModelOutcome]:
 
     from forecasting.baselines import Naive
 
-    champion = _load_champion(job) if job.champion_uri else None
+    champion, calibration = _load_champion(job) if job.champion_uri else (None, None)
     naive = Naive().fit(weeks, train_until=pd.Timestamp(job.as_of))  # naive ignores the cutoff
-    forecasters: list[tuple[Forecaster | None, ModelRole]] = [
-        (champion, "champion"),
-        (naive, "baseline"),
+    forecasters: list[tuple[Forecaster | None, ModelRole, IntervalCalibration | None]] = [
+        (champion, "champion", calibration),
+        (naive, "baseline", None),
     ]
     return [
         ModelOutcome(
@@ -275,7 +307,8 @@ def _forecast_only(job: TrainingJob, weeks: pd.DataFrame) -> list[ModelOutcome]:
             model_uri=None,
             model_id=None,
             next_week=_next_week(job, weeks, forecaster),
+            intervals=bands.to_dict() if bands is not None else None,
         )
-        for forecaster, role in forecasters
+        for forecaster, role, bands in forecasters
         if forecaster is not None
     ]

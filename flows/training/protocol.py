@@ -76,6 +76,9 @@ class ModelOutcome:
     model_uri: str | None
     model_id: str | None
     next_week: list[float] | None
+    #: The split-conformal calibration (`IntervalCalibration.to_dict()`) of next week's bands:
+    #: tonight's held-out residuals, or the one logged with the champion on a forecast-only night.
+    intervals: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ def _fresh_prefect_log_handlers() -> Iterator[None]:
     closes that stream after the test, and a later test's log record then fails inside the
     handler (RecursionError through the logging error path).
     """
+    import contextlib
     import logging
     import sys
 
@@ -36,5 +37,9 @@ def _fresh_prefect_log_handlers() -> Iterator[None]:
         found = logging.getLogger(name) if name else logging.root
         for handler in getattr(found, "handlers", []):
             if isinstance(handler, PrefectConsoleHandler):
-                handler.setStream(sys.stderr)
+                # Not setStream: it flushes the old stream, which capture may have closed. The
+                # handler writes through its rich console, which keeps a file of its own.
+                with handler.lock or contextlib.nullcontext():
+                    handler.stream = sys.stderr
+                    handler.console.file = sys.stderr
     yield

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select
 
 from flows.ingest.load import ingest
 from flows.night.flow import nightly
-from flows.tracking.tracker import Tracker, data_fingerprint, model_name
+from flows.tracking.tracker import METADATA_FILE, Tracker, data_fingerprint, model_name
 from pricecast.errors import LockTimeout, ServiceUnavailable
 from pricecast.settings import get_settings
 from storage.db import make_engine, session_scope
@@ -120,6 +120,9 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
         first["champion_version"],
         False,
     )
+    for day in forecast["closes"]:  # bands from tonight's held-out residuals (issue 10)
+        assert day["lower_95"] <= day["lower_80"] <= day["close"] <= day["upper_80"]
+        assert day["upper_80"] <= day["upper_95"]
     # The actual closes of the forecast week are stored, but they come after as_of.
     assert first["realised"]["days"] == 0
     assert set(first["timings"]) >= {"total_seconds", "train_seconds", "child_seconds"}
@@ -130,12 +133,19 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     assert parent.data.tags["ticker"] == ticker
     assert parent.data.tags["prefect.flow_run_id"] == first["flow_run_id"]
     assert parent.info.status == "FINISHED"
+    # One picture of every model against the actuals, on the parent run.
+    assert "forecasts_vs_actual.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
-    by_name = {run.info.run_name: run for run in children}
-    assert set(by_name) == {"retrain", "fresh", "naive"}
+    # Named with the night's date; tagged with the gate's outcome (a runs-table column).
+    by_name = {run.info.run_name.removesuffix(f" {NIGHT_1}"): run for run in children}
+    assert {run.info.run_name for run in children} == {
+        f"{name} {NIGHT_1}" for name in ("retrain", "fresh", "naive")
+    }
+    assert by_name[first["promoted"]].data.tags["decision"] == "promoted"
+    assert by_name["naive"].data.tags["decision"] == "baseline"
     engine = make_engine(on_postgres)
     with session_scope(engine) as session:
         fingerprint = data_fingerprint(read_closes(session, ticker=ticker, as_of=NIGHT_1))
@@ -152,6 +162,9 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
         assert "learning_rate" in params_logged
         weekly = client.get_metric_history(run.info.run_id, "weekly_mape")
         assert [m.step for m in weekly] == [0, 1, 2]
+        # Each week's value is timestamped with the week's Monday (charts against dates).
+        mondays = [dt.datetime.fromtimestamp(m.timestamp / 1000, dt.UTC).date() for m in weekly]
+        assert mondays[-1] <= NIGHT_1 and [d.weekday() for d in mondays] == [0, 0, 0]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"predictions.csv", "forecast_vs_actual.png"} <= artifacts
     champion = client.get_model_version_by_alias(model_name(ticker), "champion")
@@ -159,7 +172,12 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     assert champion.tags["decision"] == "promoted"
     assert champion.tags["candidate"] == first["promoted"]
     assert float(champion.tags["mape"]) == pytest.approx(scored[first["promoted"]]["mape"])
-    assert champion.tags["meta.window_weeks"] == "4"
+    assert not [k for k in champion.tags if k.startswith("meta.")]  # one JSON artifact instead
+    assert champion.tags["metadata"] == METADATA_FILE
+    assert champion.tags["champion_mape"] == "none"  # version 1: there was no champion
+    assert (champion.description or "").startswith(f"promoted as of {NIGHT_1}: MAPE ")
+    assert champion.tags["p_vs_naive"] != ""  # the gate's paired test, on the version
+    _the_champion_serves_the_nightly_forecast(ticker, on_postgres, forecast)
     versions = client.search_model_versions(f"name = '{model_name(ticker)}'")
     assert sorted(v.tags["decision"] for v in versions) == ["promoted", "rejected"]
     (report,) = _artifact_markdown(first["flow_run_id"])
@@ -178,6 +196,9 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     }
     assert second["held_out_weeks"] == ["2020-08-24", "2020-08-31", "2020-09-07"]
     assert second["realised"]["days"] == 7 and second["realised"]["weeks_scored_tonight"] == 1
+    assert second["realised"]["interval_days"] == 7
+    assert 0.0 <= second["realised"]["coverage_80"] <= second["realised"]["coverage_95"] <= 1.0
+    assert "Diebold-Mariano p = " in second["decision"]["reason"]
     assert _count(on_postgres, Promotion, ticker=ticker) == 2
     assert _count(on_postgres, Forecast, ticker=ticker) == 14
     with session_scope(engine) as session:
@@ -186,6 +207,8 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
         audit = session.scalars(select(Promotion).order_by(Promotion.id)).all()
         assert [a.as_of for a in audit] == [NIGHT_1, NIGHT_2]
         assert audit[0].action == "promote" and audit[0].previous_version is None
+        assert audit[1].p_value == pytest.approx(second["decision"]["p_value"])
+        assert set(audit[1].numbers["candidates"]["fresh"]) >= {"p_vs_naive", "p_vs_champion"}
         assert audit[1].numbers["naive"]["mape"] == pytest.approx(
             next(c["mape"] for c in second["candidates"] if c["name"] == "naive")
         )
@@ -219,9 +242,33 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     assert {
         dt.date.fromisoformat(d["date"]): d["close"] for d in repaired["forecast"]["closes"]
     } == pytest.approx(stored)
+    # ... with the bands the champion was logged with (a servable pyfunc version).
+    assert all(d["lower_80"] is not None for d in repaired["forecast"]["closes"])
     assert _count(on_postgres, Forecast, ticker=ticker) == 14
     assert _count(on_postgres, Promotion, ticker=ticker) == 2
     engine.dispose()
+
+
+def _the_champion_serves_the_nightly_forecast(
+    ticker: str, database_url: str, forecast: dict
+) -> None:
+    """`models:/…@champion` is the servable pyfunc: the closes up to the night in, the same
+    closes and bands as the night stored out (issue 10)."""
+    import mlflow
+    import pandas as pd
+
+    engine = make_engine(database_url)
+    with session_scope(engine) as session:
+        closes = read_closes(session, ticker=ticker, as_of=NIGHT_1)
+    engine.dispose()
+    mlflow.set_tracking_uri(get_settings().resolved_mlflow_uri)
+    served = mlflow.pyfunc.load_model(f"models:/{model_name(ticker)}@champion")
+    answer = served.predict(pd.DataFrame(closes, columns=["date", "close"]))
+    assert [d.date().isoformat() for d in answer["date"]] == [d["date"] for d in forecast["closes"]]
+    for column in ("close", "lower_80", "upper_80", "lower_95", "upper_95"):
+        assert answer[column].tolist() == pytest.approx(
+            [d[column] for d in forecast["closes"]], rel=1e-5
+        )
 
 
 def test_when_naive_wins_nothing_is_promoted_and_naive_forecasts(tmp_path: Path) -> None:
@@ -274,7 +321,8 @@ def test_mlflow_failing_at_the_alias_move_leaves_the_champion_and_a_rerun_comple
     monkeypatch.setattr(Tracker, "set_champion", set_champion)
 
     assert Tracker(get_settings().resolved_mlflow_uri).champion(ticker) is None
-    # The versions registered before the fault claim nothing: their decision stays pending.
+    # The versions registered before the fault claim nothing; MLflow was gone, so their tag
+    # could not become "failed" yet: the rerun closes them (issue 12: no orphaned state).
     orphans = _mlflow().search_model_versions(f"name = '{model_name(ticker)}'")
     assert sorted(v.tags["decision"] for v in orphans) == ["pending", "pending"]
     assert _count(on_postgres, Promotion, ticker=ticker) == 0
@@ -296,7 +344,7 @@ def test_mlflow_failing_at_the_alias_move_leaves_the_champion_and_a_rerun_comple
         int(v.version): v.tags["decision"]
         for v in _mlflow().search_model_versions(f"name = '{model_name(ticker)}'")
     }
-    assert sorted(decisions.values()) == ["pending", "pending", "promoted", "rejected"]
+    assert sorted(decisions.values()) == ["failed", "failed", "promoted", "rejected"]
     assert decisions[champion.version] == "promoted"
     with session_scope(engine) as session:
         run = get_run(session, ticker=ticker, as_of=NIGHT_1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,25 @@ def test_realised_accuracy_over_forecast_days() -> None:
     assert realised_accuracy([], 0) == RealisedAccuracy(days=0, rmse=None, mape=None)
 
 
+def test_realised_coverage_on_a_hand_computed_case() -> None:
+    # Four days with bands: the 80 % band holds days 1 and 2 (day 3 below, day 4 above); the
+    # 95 % band holds days 1-3 (day 4 is above it too). A fifth day has no band at all.
+    wide, narrow = (90.0, 110.0), (95.0, 105.0)
+    days = [
+        (100.0, 100.0, {0.80: narrow, 0.95: wide}),
+        (104.0, 100.0, {0.80: narrow, 0.95: wide}),
+        (91.0, 100.0, {0.80: narrow, 0.95: wide}),
+        (111.0, 100.0, {0.80: narrow, 0.95: wide}),
+        (100.0, 100.0, {0.80: None, 0.95: None}),
+    ]
+    scores = realised_accuracy(days, weeks_scored=0)
+    assert scores.days == 5 and scores.interval_days == 4
+    assert scores.coverage_80 == pytest.approx(2 / 4)
+    assert scores.coverage_95 == pytest.approx(3 / 4)
+    no_bands = realised_accuracy([(100.0, 101.0, {0.80: None, 0.95: None})], 0)
+    assert (no_bands.coverage_80, no_bands.coverage_95, no_bands.interval_days) == (None, None, 0)
+
+
 def test_yesterday_is_utc() -> None:
     late = dt.datetime(2024, 1, 2, 23, 30, tzinfo=dt.UTC)
     assert yesterday_utc(late) == D(2024, 1, 1)
@@ -113,7 +133,15 @@ def _night() -> NightResult:
         latest_complete_week=D(2024, 1, 1),
         champion_version=3,
         mlflow=MlflowRefs("1", "xyz", "run xyz"),
-        realised=RealisedAccuracy(days=7, rmse=10.0, mape=2.5, weeks_scored_tonight=1),
+        realised=RealisedAccuracy(
+            days=7,
+            rmse=10.0,
+            mape=2.5,
+            weeks_scored_tonight=1,
+            coverage_80=6 / 7,
+            coverage_95=1.0,
+            interval_days=7,
+        ),
         timings={"total_seconds": 30.0, "train_seconds": 20.0},
         candidates=(
             ModelScore("fresh", "candidate", 3.21, 812.5, 20.0, "abc", 3),
@@ -128,7 +156,7 @@ def _night() -> NightResult:
             model_version=3,
             is_baseline=False,
             rows_inserted=7,
-            days=(ForecastDay(D(2024, 1, 8), 1.5),),
+            days=(ForecastDay(D(2024, 1, 8), 1.5, 1.4, 1.6, 1.3, 1.7),),
         ),
     )
 
@@ -139,6 +167,21 @@ def test_the_markdown_report_names_scores_decision_and_runs() -> None:
     assert "**promote** — fresh beats naive" in report
     assert "| fresh | candidate | 3.210 | 812.50 | 20.0 | abc |" in report
     assert "version 3" in report and "MAPE 2.500 %" in report and "run xyz" in report
+    assert "| 2024-01-08 | 1.50 | 1.40..1.60 | 1.30..1.70 |" in report
+    assert "80 % band held 85.7 %, 95 % band 100.0 % of 7 day(s)" in report
+
+
+def test_the_markdown_report_links_runs_and_versions_when_there_is_a_ui() -> None:
+    ui = "http://127.0.0.1:5000"
+    refs = MlflowRefs(
+        "1", "xyz", f"{ui}/#/experiments/1/runs/xyz", ui=ui, runs_table=f"{ui}/#/table"
+    )
+    report = markdown(replace(_night(), mlflow=refs))
+    assert f"| [fresh run]({ui}/#/experiments/1/runs/abc?workflowType=machine_learning) |" in report
+    assert f"[pricecast-BTC-USD version 3]({ui}/#/models/pricecast-BTC-USD/versions/3)" in report
+    assert f"[the night's run]({ui}/#/experiments/1/runs/xyz)" in report
+    assert f"({ui}/#/table)" in report
+    assert f"MLflow: {ui}/#/table" in summary_lines(replace(_night(), mlflow=refs))
 
 
 def test_the_cli_and_demo_texts_come_from_the_same_result() -> None:
@@ -160,5 +203,15 @@ def test_the_json_form_keeps_the_nightly_keys() -> None:
         "forecast", "realised", "mlflow", "timings", "ingest", "latest_complete_week",
     }  # fmt: skip
     assert payload["promoted"] == "fresh" and payload["as_of"] == "2024-01-07"
-    assert payload["forecast"]["closes"] == [{"date": "2024-01-08", "close": 1.5}]  # type: ignore[index]
+    assert payload["forecast"]["closes"] == [  # type: ignore[index]
+        {
+            "date": "2024-01-08",
+            "close": 1.5,
+            "lower_80": 1.4,
+            "upper_80": 1.6,
+            "lower_95": 1.3,
+            "upper_95": 1.7,
+        }
+    ]
+    assert payload["realised"]["coverage_80"] == 6 / 7  # type: ignore[index]
     assert json.loads(json.dumps(payload)) == payload

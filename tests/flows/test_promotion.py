@@ -18,6 +18,7 @@ from flows.tracking.promotion import (
     TrainedCandidate,
     apply_decision,
     promote_manually,
+    record_external_move,
     rollback,
 )
 from flows.tracking.tracker import Tracker
@@ -280,4 +281,55 @@ def test_a_failed_commit_after_the_gate_moved_the_alias_puts_it_back(
     assert rows == (1 if has_champion else 0)
     newest = tracker.versions(ticker)[0]
     assert newest.run_id == candidate.run_id
-    assert newest.tags["decision"] == "pending"  # registered, never decided
+    assert newest.tags["decision"] == "failed"  # registered, never decided: not left pending
+
+
+def test_the_gate_describes_versions_and_tags_every_scored_run(
+    tracker: Tracker, engine: Engine, tmp_path: Path
+) -> None:
+    ticker = "DESC"
+    promoted, _ = _gate(tracker, engine, ticker, _tonight(tracker, ticker, tmp_path, 2.0))
+    assert promoted is not None
+    version = tracker.client.get_model_version(f"pricecast-{ticker}", str(promoted))
+    assert version.description == (
+        "promoted as of 2020-09-06: MAPE 2.00 % vs naive 4.00 % (no champion before)"
+    )
+    assert version.tags["champion_mape"] == "none"  # not blank on the first version
+    model = tracker.client.get_registered_model(f"pricecast-{ticker}")
+    assert f"@champion is version {promoted}" in model.description
+
+    kept_candidate = _tonight(tracker, ticker, tmp_path, 3.5)
+    _, rejected = _gate(tracker, engine, ticker, kept_candidate)
+    second = tracker.client.get_model_version(f"pricecast-{ticker}", str(rejected["fresh"]))
+    assert (second.description or "").startswith(
+        "rejected as of 2020-09-06: MAPE 3.50 % vs naive 4.00 % vs champion 3.00 %"
+    )
+    run = tracker.client.get_run(kept_candidate.run_id)
+    assert run.data.tags["decision"] == "rejected"
+
+
+def test_the_night_records_an_alias_moved_outside_pricecast(
+    tracker: Tracker, engine: Engine, tmp_path: Path
+) -> None:
+    ticker = "EXT"
+    promoted, _ = _gate(tracker, engine, ticker, _tonight(tracker, ticker, tmp_path, 2.0))
+    (other,) = register_versions(tracker, ticker, 1, tmp_path)
+
+    def notice() -> str | None:
+        with session_scope(engine) as session:
+            return record_external_move(
+                session, ticker=ticker, as_of=AS_OF, champion=tracker.champion(ticker)
+            )
+
+    assert notice() is None  # registry and audit agree
+    # Someone moves the alias in the MLflow UI (MLflow's API underneath).
+    tracker.client.set_registered_model_alias(f"pricecast-{ticker}", "champion", str(other))
+    note = notice()
+    assert note is not None
+    assert f"points at version {other}, but pricecast last put it at version {promoted}" in note
+    assert _audit_rows(engine, ticker)[-1] == ("external-move", other, promoted)
+    assert notice() is None  # recorded once
+
+    tracker.client.delete_registered_model_alias(f"pricecast-{ticker}", "champion")
+    assert "no version (alias removed)" in (notice() or "")
+    assert _audit_rows(engine, ticker)[-1] == ("external-move", None, other)

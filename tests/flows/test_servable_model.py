@@ -216,6 +216,38 @@ def test_keras_network_and_parts_come_back_for_retrain(logged: Logged) -> None:
     assert parts.calibration == logged.calibration
 
 
+def test_the_nightly_loads_a_pyfunc_champion_and_an_old_bare_keras_version(logged: Logged) -> None:
+    """The training child's loader (`load_registered_model`): the network and its calibration
+    from a servable version; the network and None from a version logged as bare Keras."""
+    import mlflow
+    import mlflow.keras
+
+    from flows.tracking.candidate_run import load_registered_model
+
+    assert logged.forecaster.model is not None
+    want = logged.forecaster.model.get_weights()
+    network, calibration = load_registered_model(logged.tracking_uri, CHAMPION_URI)
+    assert calibration == logged.calibration
+    for got, expected in zip(network.get_weights(), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+    client = mlflow.MlflowClient(tracking_uri=logged.tracking_uri)
+    experiment = client.get_experiment_by_name("pricecast-SYN")
+    assert experiment is not None
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
+        old = mlflow.keras.log_model(
+            logged.forecaster.model,
+            name="model",
+            registered_model_name=MODEL,
+            pip_requirements=mlflow.keras.get_default_pip_requirements(),
+        )
+    old_uri = f"models:/{MODEL}/{old.registered_model_version}"
+    network, calibration = load_registered_model(logged.tracking_uri, old_uri)
+    assert calibration is None
+    for got, expected in zip(network.get_weights(), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
 _OUTSIDE_REPO_SCRIPT = """
 import importlib.abc, json, sys
 

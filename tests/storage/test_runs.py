@@ -208,3 +208,87 @@ def test_forecasts_are_stored_once_and_scored_as_of(engine) -> None:
         assert (score.n_days, score.rmse, score.model_version) == (7, 10.0, 2)
     with session_scope(engine) as s:
         assert complete_unscored_forecasts(s, ticker="X") == {}
+
+
+def test_forecasts_keep_their_intervals_and_the_latest_is_found(engine) -> None:
+    from storage.runs import forecasts_since, latest_forecast
+
+    monday = D(2024, 1, 8)
+    closes = _week(monday, 100.0)
+    bands = {
+        day: {"lower_80": c - 5, "upper_80": c + 5, "lower_95": c - 9, "upper_95": c + 9}
+        for day, c in closes.items()
+    }
+    with session_scope(engine) as s:
+        assert latest_forecast(s, ticker="X") == []
+        store_forecast(
+            s,
+            ticker="X",
+            as_of=D(2024, 1, 7),
+            closes=closes,
+            model_name="m",
+            model_version=2,
+            is_baseline=False,
+            bands=bands,
+        )
+        store_forecast(
+            s,
+            ticker="X",
+            as_of=D(2024, 1, 14),
+            closes=_week(D(2024, 1, 15), 200.0),
+            model_name="naive",
+            model_version=None,
+            is_baseline=True,
+        )
+        promotion = add_promotion(
+            s,
+            ticker="X",
+            as_of=D(2024, 1, 7),
+            action="keep",
+            model_name="m",
+            model_version=None,
+            previous_version=None,
+            reason="noise",
+            actor="t",
+            p_value=0.42,
+        )
+        assert promotion.p_value == 0.42
+    with session_scope(engine) as s:
+        first = forecasts_for(s, ticker="X", as_of=D(2024, 1, 7))
+        assert first[0].band(0.80) == (95.0, 105.0) and first[0].band(0.95) == (91.0, 109.0)
+        assert first[6].lower_80 == 101.0 and first[6].upper_95 == 115.0
+        latest = latest_forecast(s, ticker="X")
+        assert {r.as_of for r in latest} == {D(2024, 1, 14)} and len(latest) == 7
+        assert latest[0].band(0.80) is None  # naive was stored without bands
+        as_of = latest_forecast(s, ticker="X", as_of=D(2024, 1, 13))
+        assert {r.as_of for r in as_of} == {D(2024, 1, 7)}
+        assert len(forecasts_since(s, ticker="X")) == 14
+        assert len(forecasts_since(s, ticker="X", since=D(2024, 1, 15))) == 7
+
+
+def test_the_schema_takes_an_external_move_and_refuses_an_unknown_action(engine) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    with session_scope(engine) as s:
+        add_promotion(
+            s,
+            ticker="EXT",
+            as_of=D(2024, 1, 7),
+            action="external-move",
+            model_name="m",
+            model_version=3,
+            previous_version=1,
+            reason="moved in the MLflow UI",
+            actor="mlflow registry (noticed by nightly)",
+        )
+    with session_scope(engine) as s:
+        assert [p.action for p in alias_moves(s, ticker="EXT")] == ["external-move"]
+    # The CHECK constraint (migration 0006) still refuses what is not an action.
+    with pytest.raises(IntegrityError), session_scope(engine) as s:
+        s.execute(
+            text(
+                "INSERT INTO promotions (ticker, action, model_name, reason, actor, created_at) "
+                "VALUES ('EXT', 'demote', 'm', '', 'a', CURRENT_TIMESTAMP)"
+            )
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from mlflow import MlflowClient
 from flows.tracking.tracker import (
     CHAMPION_ALIAS,
     MAX_PARAM_CHARS,
+    METADATA_FILE,
     Tracker,
     data_fingerprint,
     experiment_name,
@@ -134,7 +136,9 @@ def test_versions_and_the_champion_alias(
     )
     assert champion.model_uri == "models:/pricecast-REG/1"
     assert champion.metadata == {"window_weeks": "40", "strategy": "fresh"}
-    assert champion.tags == {"mape": "3.5", "decision": "pending"}
+    # The metadata is one JSON artifact on the version's run, not a tag per value.
+    assert champion.tags == {"mape": "3.5", "decision": "pending", "metadata": METADATA_FILE}
+    assert METADATA_FILE in {a.path for a in client.list_artifacts(registered[0][1])}
 
     store.set_champion(ticker, 2)
     store.tag_version(ticker, 2, {"decision": "promoted"})
@@ -225,3 +229,33 @@ def test_the_data_fingerprint_follows_the_closes() -> None:
     assert data_fingerprint(closes) == data_fingerprint(list(closes))
     assert len(data_fingerprint(closes)) == 16
     assert data_fingerprint(closes) != data_fingerprint([*closes[:1], (closes[1][0], 101.25)])
+
+
+def test_links_open_the_runs_table_from_the_users_browser() -> None:
+    inside = Tracker("http://ops:s3cret@mlflow:5000/")
+    assert inside.experiment_link("7") == (
+        "http://mlflow:5000/#/experiments/7/runs"
+        "?workflowType=machine_learning&viewStateShareKey=pricecast"
+    )
+    public = Tracker("http://mlflow:5000", public_url="http://127.0.0.1:5000/")
+    assert public.run_link("7", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    )
+    assert public.version_link("BTC-USD", 3) == (
+        "http://127.0.0.1:5000/#/models/pricecast-BTC-USD/versions/3"
+    )
+    local = Tracker("sqlite:////tmp/mlflow.db")
+    assert local.experiment_link("7") is None and local.version_link("X", 1) is None
+
+
+def test_the_experiment_is_a_training_experiment_with_a_runs_view(
+    store: Tracker, client: MlflowClient
+) -> None:
+    experiment_id = store.ensure_experiment("KIND")
+    client.delete_experiment_tag(experiment_id, "mlflow.experimentKind")  # made before the tag
+
+    assert store.ensure_experiment("KIND") == experiment_id
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.pricecast"])
+    assert {"metrics.`mape`", "metrics.`rmse`", "tags.`decision`"} <= set(view["selectedColumns"])
