@@ -68,8 +68,10 @@ def quiet_prefect_console() -> None:
     API still gets them). No-op with --debug."""
     if DEBUG:
         return
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import APILogHandler
 
+    ensure_logging_setup()  # idempotent: the handlers exist before the first flow needs them
     for name in ("", "prefect"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, APILogHandler):

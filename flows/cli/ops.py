@@ -147,6 +147,9 @@ def demo_command(
     naive, promotes only what is better, and forecasts next week. Prints the champion, the
     forecast, and the commands that open the MLflow and Prefect UIs on what just ran.
     """
+    from flows.cli.logs import quiet_prefect_console
     from flows.demo import run_demo
+
+    quiet_prefect_console()
 
     run_demo(ticker=ticker, source=source, weeks=weeks, epochs=epochs, seed=seed, echo=typer.echo)

@@ -211,8 +211,11 @@ def nightly_all(
 ) -> None:
     """`pricecast nightly --all`: the universe night, its per-ticker lines (or JSON), and exit
     code 1 when a ticker failed."""
+    from flows.cli.logs import quiet_prefect_console
     from flows.universe.report import summary_lines
     from flows.universe.run import run_universe
+
+    quiet_prefect_console()
 
     check_where(where)
     # With --json, stdout carries only the JSON (MLflow prints run links when it talks to a
@@ -251,8 +254,11 @@ def backfill_all(
 ) -> None:
     """`pricecast backfill --all`: the universe replayed over the range, per-ticker lines (or
     JSON), exit code 1 when a ticker stopped at a failing night."""
+    from flows.cli.logs import quiet_prefect_console
     from flows.universe.report import backfill_lines
     from flows.universe.run import backfill_universe
+
+    quiet_prefect_console()
 
     check_where(where)
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
