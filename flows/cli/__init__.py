@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     except PricecastError as exc:
         if debug:
             raise
-        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        # One error line; a refused file's problems follow it, one line each.
+        typer.echo(f"error: {mask_secrets(str(exc).strip()) or '(no message)'}", err=True)
         code = 1
     except Exception as exc:
         if debug:

@@ -73,7 +73,9 @@ def test_demo_on_a_csv_prints_champion_forecast_and_ui_commands(
     assert re.search(r"^Champion: (version \d+|none yet)", out, flags=re.MULTILINE), out
     next_week = [tonight + dt.timedelta(days=i) for i in range(1, 8)]
     for day in next_week:
-        assert re.search(rf"^  {day:%a %Y-%m-%d}  \$[\d,]+\.\d\d$", out, flags=re.MULTILINE), out
+        band = r"  \(80 %: [\d,]+\.\d\d\.\.[\d,]+\.\d\d\)"
+        line = rf"^  {day:%a %Y-%m-%d}  \$[\d,]+\.\d\d({band})?$"
+        assert re.search(line, out, flags=re.MULTILINE), out
     settings = get_settings()
     assert f"mlflow ui --backend-store-uri {settings.resolved_mlflow_uri}" in out
     assert "\nPrefect UI: " in out  # the harness API here; `prefect server start` on the default
