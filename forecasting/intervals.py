@@ -1,5 +1,12 @@
 """Split-conformal prediction intervals per horizon day, calibrated on held-out weeks' residuals.
 
+Scores are volatility-scaled (normalised conformal): a held-out week's |ln(actual/predicted)| is
+divided by the trailing volatility of the daily closes before that week, and a forecast's band is
+the quantile times the trailing volatility before the forecast week. Calm weeks then calibrate
+narrow bands and a turbulent month widens the next band, where plain scores would let the last
+few months' calm understate a rising volatility. Unscaled calibrations (`scale_days` None) still
+load and work as before.
+
 Pure numpy. A calibration is small and JSON-able: it is stored with the model and in MLflow.
 """
 
@@ -19,6 +26,12 @@ LEVELS: tuple[float, ...] = (0.80, 0.95)
 
 #: Nonconformity score: s = |ln(actual / predicted)|; the band is predicted * exp(±q).
 METHOD = "split_conformal_abs_log_ratio"
+#: s = |ln(actual / predicted)| / v, v the trailing volatility; the band is predicted * exp(±q v).
+SCALED_METHOD = "split_conformal_abs_log_ratio_over_trailing_volatility"
+#: Days of daily log returns behind a trailing volatility (four weeks).
+SCALE_DAYS = 28
+#: A floor on the volatility, so a flat stretch of closes cannot make a band of width zero.
+MIN_VOLATILITY = 1e-3
 
 FORMAT_VERSION = 1
 
@@ -73,6 +86,17 @@ def log_ratio_scores(
     return np.abs(np.log(a / p))
 
 
+def trailing_volatility(closes: np.ndarray | Sequence[float], days: int = SCALE_DAYS) -> float:
+    """Standard deviation of the daily log returns of the last `days` + 1 closes (oldest first),
+    at least MIN_VOLATILITY. Raises ValueError with fewer than 8 closes or a non-positive one."""
+    values = np.asarray(closes, dtype="float64")[-(days + 1) :]
+    if values.ndim != 1 or len(values) < 8:
+        raise ValueError(f"a trailing volatility needs at least 8 daily closes, got {len(values)}")
+    if not np.isfinite(values).all() or (values <= 0).any():
+        raise ValueError("a trailing volatility needs finite, positive closes")
+    return max(float(np.std(np.diff(np.log(values)), ddof=1)), MIN_VOLATILITY)
+
+
 @dataclass(frozen=True)
 class IntervalCalibration:
     """Per level and per horizon day, the conformal quantile q of the log-ratio scores.
@@ -87,6 +111,10 @@ class IntervalCalibration:
     n_weeks: int
     saturated: tuple[bool, ...]
     method: str = METHOD
+    #: Days behind the trailing volatility the scores were divided by (None: unscaled scores).
+    scale_days: int | None = None
+    #: The held-out weeks' volatilities (what their in-sample bands are scaled by); () unscaled.
+    scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.levels or len(self.quantiles) != len(self.levels):
@@ -100,8 +128,16 @@ class IntervalCalibration:
                 raise ValueError(
                     f"level {level}: expected {DAYS_PER_WEEK} finite quantiles >= 0, got {row}"
                 )
-        if self.method != METHOD:
-            raise ValueError(f"unknown interval method {self.method!r}; expected {METHOD!r}")
+        expected = METHOD if self.scale_days is None else SCALED_METHOD
+        if self.method != expected:
+            raise ValueError(f"unknown interval method {self.method!r}; expected {expected!r}")
+
+    def scale_for(self, closes_before: np.ndarray | Sequence[float]) -> float:
+        """The scale of a forecast's band: the trailing volatility of the daily closes before the
+        forecast week (oldest first); 1.0 for an unscaled calibration."""
+        if self.scale_days is None:
+            return 1.0
+        return trailing_volatility(closes_before, self.scale_days)
 
     def quantile(self, level: float) -> np.ndarray:
         """The seven log-ratio quantiles of `level` (one per horizon day)."""
@@ -111,25 +147,34 @@ class IntervalCalibration:
         raise KeyError(f"no interval calibrated at level {level}; known levels: {self.levels}")
 
     def bounds(
-        self, point: np.ndarray | Sequence[float], level: float
+        self,
+        point: np.ndarray | Sequence[float],
+        level: float,
+        scale: float | np.ndarray | Sequence[float] = 1.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) in dollars for a point forecast of shape (7,) or (n_weeks, 7).
 
-        lower = point * exp(-q), upper = point * exp(q), q the level's quantile per day.
+        lower = point * exp(-q s), upper = point * exp(q s), q the level's quantile per day and
+        s the scale (`scale_for`; one per week for (n_weeks, 7); 1 for an unscaled calibration).
         """
         p = np.asarray(point, dtype="float64")
         if p.shape[-1:] != (DAYS_PER_WEEK,) or p.ndim > 2:
             raise ValueError(f"a point forecast must have shape (7,) or (n, 7), got {p.shape}")
         if not np.isfinite(p).all() or (p <= 0).any():
             raise ValueError("a point forecast must be finite, positive prices")
-        q = self.quantile(level)
+        s = np.asarray(scale, dtype="float64")
+        if s.ndim == 1:
+            s = s.reshape(-1, 1)
+        if not np.isfinite(s).all() or (s <= 0).any():
+            raise ValueError("a band's scale must be finite and positive")
+        q = self.quantile(level) * s
         return p * np.exp(-q), p * np.exp(q)
 
     def intervals(
-        self, point: np.ndarray | Sequence[float]
+        self, point: np.ndarray | Sequence[float], scale: float = 1.0
     ) -> dict[float, tuple[np.ndarray, np.ndarray]]:
         """Every calibrated level's (lower, upper) for `point`, keyed by level."""
-        return {level: self.bounds(point, level) for level in self.levels}
+        return {level: self.bounds(point, level, scale) for level in self.levels}
 
     def mean_width_percent(self, level: float) -> float:
         """Mean band width in percent of the point forecast: 100 * mean(exp(q) - exp(-q))."""
@@ -137,11 +182,14 @@ class IntervalCalibration:
         return float(100.0 * np.mean(np.exp(q) - np.exp(-q)))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: {"format_version", "method", "n_weeks", "levels": {"0.8": {...}}}."""
+        """JSON-able: {"format_version", "method", "n_weeks", "scale_days", "scales",
+        "levels": {"0.8": {...}}}."""
         return {
             "format_version": FORMAT_VERSION,
             "method": self.method,
             "n_weeks": self.n_weeks,
+            "scale_days": self.scale_days,
+            "scales": list(self.scales),
             "levels": {
                 repr(level): {"quantiles": list(row), "saturated": flag}
                 for level, row, flag in zip(
@@ -166,6 +214,8 @@ class IntervalCalibration:
                 n_weeks=int(values["n_weeks"]),
                 saturated=tuple(bool(entry["saturated"]) for entry in by_level.values()),
                 method=str(values.get("method", METHOD)),
+                scale_days=None if values.get("scale_days") is None else int(values["scale_days"]),
+                scales=tuple(float(v) for v in values.get("scales") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"an interval calibration is unreadable ({exc}): {values}") from exc
@@ -176,15 +226,24 @@ def calibrate_intervals(
     predicted: np.ndarray | Sequence[Sequence[float]],
     *,
     levels: Sequence[float] = LEVELS,
+    scales: np.ndarray | Sequence[float] | None = None,
+    scale_days: int = SCALE_DAYS,
 ) -> IntervalCalibration:
     """Split-conformal calibration from held-out weeks: actual and predicted, (n_weeks, 7) $.
 
     For each horizon day d and level, q = the k-th smallest of s[:, d] = |ln(actual/predicted)|
-    with k = ceil((n + 1) * level) (see `conformal_rank`). The model must not have trained on
-    these weeks, or the band will be too narrow.
+    (divided by the week's trailing volatility `scales[w]` when given, see `trailing_volatility`
+    over `scale_days`) with k = ceil((n + 1) * level) (see `conformal_rank`). The model must not
+    have trained on these weeks, or the band will be too narrow.
     """
     scores = log_ratio_scores(actual, predicted)
     n = len(scores)
+    by_week: tuple[float, ...] = ()
+    if scales is not None:
+        by_week = tuple(float(v) for v in np.asarray(scales, dtype="float64").ravel())
+        if len(by_week) != n or not all(math.isfinite(v) and v > 0 for v in by_week):
+            raise ValueError(f"expected {n} finite, positive weekly scales, got {by_week}")
+        scores = scores / np.asarray(by_week).reshape(-1, 1)
     ordered = np.sort(scores, axis=0)
     rows: list[tuple[float, ...]] = []
     flags: list[bool] = []
@@ -197,7 +256,27 @@ def calibrate_intervals(
         quantiles=tuple(rows),
         n_weeks=n,
         saturated=tuple(flags),
+        method=METHOD if scales is None else SCALED_METHOD,
+        scale_days=None if scales is None else scale_days,
+        scales=by_week,
     )
+
+
+def weekly_scales(
+    daily_closes: Sequence[float] | np.ndarray,
+    daily_dates: Sequence[Any],
+    mondays: Sequence[Any],
+    days: int = SCALE_DAYS,
+) -> np.ndarray:
+    """The trailing volatility before each Monday in `mondays`, from daily closes and their dates
+    (oldest first; dates comparable with the Mondays)."""
+    closes = np.asarray(daily_closes, dtype="float64")
+    dates = np.asarray(daily_dates)
+    out = []
+    for monday in mondays:
+        before = int(np.searchsorted(dates, np.asarray(monday, dtype=dates.dtype), side="left"))
+        out.append(trailing_volatility(closes[:before], days))
+    return np.asarray(out, dtype="float64")
 
 
 def coverage(

@@ -496,7 +496,8 @@ def forecast_next_week(
         )
     label = "naive" if is_baseline else model_name(options.ticker)
     closes = {monday + dt.timedelta(days=i): float(v) for i, v in enumerate(values)}
-    bands = forecast_bands(closes, model.intervals if model is not None else None)
+    before = [close for day, close in data.closes if day < monday]
+    bands = forecast_bands(closes, model.intervals if model is not None else None, before)
     inserted = tasks.store_forecast_rows(
         stores.engine, options.ticker, options.as_of, closes, label, version, is_baseline, bands
     )
@@ -511,20 +512,24 @@ def forecast_next_week(
 
 
 def forecast_bands(
-    closes: dict[dt.date, float], intervals: dict[str, object] | None
+    closes: dict[dt.date, float],
+    intervals: dict[str, object] | None,
+    closes_before: Sequence[float],
 ) -> dict[dt.date, dict[str, float]]:
     """Each forecast day's 80 % and 95 % bounds from the model's interval calibration (the
-    split-conformal quantiles of tonight's held-out residuals); {} without a calibration."""
+    split-conformal quantiles of tonight's held-out residuals, scaled by the trailing volatility
+    of `closes_before`, the daily closes before the forecast week); {} without a calibration."""
     from forecasting.intervals import IntervalCalibration
 
     if not intervals or len(closes) != DAYS_PER_WEEK:
         return {}
     calibration = IntervalCalibration.from_dict(intervals)
+    scale = calibration.scale_for(closes_before)
     days = sorted(closes)
     point = [closes[day] for day in days]
     bands: dict[dt.date, dict[str, float]] = {day: {} for day in days}
     for level, suffix in ((0.80, "80"), (0.95, "95")):
-        lower, upper = calibration.bounds(point, level)
+        lower, upper = calibration.bounds(point, level, scale)
         for day, low, high in zip(days, lower, upper, strict=True):
             bands[day][f"lower_{suffix}"] = float(low)
             bands[day][f"upper_{suffix}"] = float(high)

@@ -193,8 +193,9 @@ def forecast_next_week(
         DATE: pd.date_range(target_week, periods=DAYS_PER_WEEK, freq="D"),
         CLOSE: point,
     }
+    scale = calibration.scale_for(daily[CLOSE].to_numpy())  # the volatility before the week
     for level, (lower_name, upper_name) in BAND_LEVELS.items():
-        columns[lower_name], columns[upper_name] = calibration.bounds(point, level)
+        columns[lower_name], columns[upper_name] = calibration.bounds(point, level, scale)
     return pd.DataFrame(columns, columns=list(OUTPUT_COLUMNS))
 
 

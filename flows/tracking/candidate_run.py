@@ -160,7 +160,7 @@ def plot_forecast_vs_actual(
     if calibration is not None:
         # In-sample bands (calibrated on these very weeks): they show the width, not coverage.
         for level, alpha in ((0.95, 0.15), (0.80, 0.3)):
-            lower, upper = calibration.bounds(predictions, level)
+            lower, upper = calibration.bounds(predictions, level, calibration.scales or 1.0)
             ax.fill_between(
                 days,
                 lower.ravel(),

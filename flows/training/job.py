@@ -197,13 +197,24 @@ def _load_champion(job: TrainingJob) -> tuple[LSTMForecaster, IntervalCalibratio
     return from_keras(keras_model, job.champion_metadata, name="champion"), calibration
 
 
-def _calibration(backtest: BacktestResult, scored: CandidateResult) -> IntervalCalibration | None:
-    """Split-conformal bands from this model's held-out residuals tonight (None if unusable)."""
-    from forecasting.intervals import calibrate_intervals
+def _calibration(
+    backtest: BacktestResult, scored: CandidateResult, daily: pd.DataFrame
+) -> IntervalCalibration | None:
+    """Split-conformal bands from this model's held-out residuals tonight, each week's scores
+    scaled by the trailing volatility of the closes before it (None if unusable)."""
+    import pandas as pd
+
+    from forecasting.intervals import calibrate_intervals, weekly_scales
+    from forecasting.weeks import CLOSE, DATE
 
     try:
-        return calibrate_intervals(backtest.actuals, scored.predictions)
-    except ValueError:  # a non-positive or non-finite prediction: no honest band
+        scales = weekly_scales(
+            daily[CLOSE].to_numpy(dtype="float64"),
+            pd.to_datetime(daily[DATE]).to_numpy(dtype="datetime64[ns]"),
+            [pd.Timestamp(w).to_datetime64() for w in backtest.held_out_weeks],
+        )
+        return calibrate_intervals(backtest.actuals, scored.predictions, scales=scales)
+    except ValueError:  # a non-positive or non-finite prediction, too little history: no band
         return None
 
 
@@ -231,7 +242,7 @@ def _outcome(
     from forecasting.candidates import LSTMForecaster
 
     next_week = _next_week(job, weeks, forecaster)
-    calibration = _calibration(backtest, scored)
+    calibration = _calibration(backtest, scored, daily)
     model = (
         trained_model(
             forecaster, weeks, scored, backtest, recent_closes=daily, calibration=calibration

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from forecasting.intervals import (
+    SCALED_METHOD,
     IntervalCalibration,
     calibrate_intervals,
     conformal_rank,
     coverage,
+    trailing_volatility,
+    weekly_scales,
 )
 
 
@@ -159,3 +162,64 @@ def test_degenerate_bounds_and_coverage_raise() -> None:
         coverage(np.ones(1), np.full(1, 2.0), np.zeros(1))
     with pytest.raises(ValueError, match="unreadable"):
         IntervalCalibration.from_dict({"levels": {"0.8": {"quantiles": [0.1] * 6}}})
+
+
+def test_trailing_volatility_by_hand() -> None:
+    # Log returns alternate +0.02 / -0.02 over 8 steps: sample std = 0.02 * sqrt(8 / 7).
+    closes = 100.0 * np.exp(np.cumsum([0.0] + [0.02, -0.02] * 4))
+    assert trailing_volatility(closes, days=8) == pytest.approx(0.02 * np.sqrt(8 / 7))
+    # Only the last days + 1 closes count: a wild start is forgotten.
+    assert trailing_volatility([1.0, 900.0, *closes], days=8) == pytest.approx(
+        0.02 * np.sqrt(8 / 7)
+    )
+    assert trailing_volatility(np.full(30, 50.0)) > 0  # flat: the floor, never a zero-width band
+    with pytest.raises(ValueError, match="at least 8"):
+        trailing_volatility([1.0, 2.0, 3.0])
+
+
+def test_weekly_scales_use_only_the_closes_before_each_monday() -> None:
+    dates = np.arange("2021-01-01", "2021-03-01", dtype="datetime64[D]").astype("datetime64[ns]")
+    calm = 100.0 * np.exp(np.cumsum(np.tile([0.01, -0.01], 20)))  # to 2021-02-09
+    wild = calm[-1] * np.exp(np.cumsum(np.tile([0.1, -0.1], 10)))  # from 2021-02-10
+    closes = np.concatenate([calm, wild])[: len(dates)]
+    mondays = np.array(["2021-02-08", "2021-03-01"], dtype="datetime64[ns]")
+
+    before_calm, after_wild = weekly_scales(closes, dates, mondays)
+
+    assert before_calm == pytest.approx(trailing_volatility(closes[:38]))
+    assert after_wild > 5 * before_calm
+
+
+def test_scaled_bands_grow_with_the_volatility_before_the_week() -> None:
+    rng = np.random.default_rng(3)
+    predicted = np.full((19, 7), 1000.0)
+    scales = rng.uniform(0.01, 0.05, 19)
+    # Misses proportional to each week's volatility: scaled scores are all alike.
+    actual = predicted * np.exp(scales[:, None] * rng.choice([-1.5, 1.5], (19, 7)))
+
+    calibration = calibrate_intervals(actual, predicted, scales=scales)
+
+    assert calibration.method == SCALED_METHOD and calibration.scale_days == 28
+    np.testing.assert_allclose(calibration.quantile(0.80), 1.5)
+    calm_low, calm_high = calibration.bounds(np.full(7, 1000.0), 0.80, 0.01)
+    wild_low, wild_high = calibration.bounds(np.full(7, 1000.0), 0.80, 0.04)
+    np.testing.assert_allclose(calm_high, 1000.0 * np.exp(0.015))
+    assert (wild_high - wild_low > 3.9 * (calm_high - calm_low)).all()
+    assert (wild_low < 1000.0).all() and (wild_high > 1000.0).all()
+    # In-sample, each week's band (scaled by its own volatility) holds its miss exactly.
+    low, high = calibration.bounds(predicted, 0.95, np.asarray(calibration.scales))
+    assert coverage(actual, low * (1 - 1e-12), high * (1 + 1e-12)) == 1.0
+    restored = IntervalCalibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+    assert restored == calibration
+    assert restored.scale_for(1000.0 * np.exp(np.cumsum(np.tile([0.02, -0.02], 15)))) > 0.02
+
+
+def test_an_unscaled_calibration_still_loads_and_ignores_history() -> None:
+    predicted = np.full((5, 7), 10.0)
+    old = calibrate_intervals(predicted * 1.1, predicted).to_dict()
+    del old["scale_days"], old["scales"]  # as logged before scaled scores existed
+
+    calibration = IntervalCalibration.from_dict(old)
+
+    assert calibration.scale_days is None and calibration.scale_for([1.0, 500.0]) == 1.0
+    np.testing.assert_allclose(calibration.bounds(np.full(7, 10.0), 0.80)[1], 11.0)
