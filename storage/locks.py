@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,7 +92,7 @@ def stored_token(connection: Connection | Session, name: str) -> int | None:
     return connection.execute(select(LOCKS.c.token).where(LOCKS.c.name == name)).scalar()
 
 
-class TickerLock:
+class TickerLock(ABC):
     """A held lock: `name`, the fencing `token` this holder got, and the checks the work under
     the lock calls before and while it commits."""
 
@@ -140,8 +141,9 @@ class TickerLock:
     def _token_moved(self, token: int | None) -> str:
         return f"another run took it since (token {token}, ours was {self.token})"
 
+    @abstractmethod
     def _why_lost(self) -> str | None:
-        raise NotImplementedError
+        """Why the lock is no longer ours (None while it is): each kind of lock asks its own."""
 
 
 class _AdvisoryLock(TickerLock):

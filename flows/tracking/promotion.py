@@ -69,8 +69,8 @@ def apply_decision(
     version's decision tag becomes "promoted" or "rejected".
 
     If the alias move fails the transaction rolls back (champion unchanged, night not trained,
-    so a rerun trains again; the versions stay "pending"); if the commit fails after the move,
-    the alias is put back.
+    so a rerun trains again); if the commit fails after the move, the alias is put back. Either
+    way the versions registered tonight are tagged "failed", never left "pending".
     """
     versions: dict[str, int] = {}
     try:
