@@ -81,6 +81,16 @@ class Settings(BaseSettings):
     # TensorFlow import each night) and exits after being idle; 1 = a fresh process per job.
     training_worker_max_jobs: int = 20
     training_worker_idle_seconds: float = 300.0
+    training_threads: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "Threads TensorFlow's op pools use in the training process (PRICECAST_TRAINING_THREADS)"
+            "; 0: TensorFlow's own choice (one per core). The weekly LSTM is too small to gain "
+            "from more than one, and a second thread only contends with the flow, the services "
+            "and other workers' trainings for the cores."
+        ),
+    )
 
     # Local services (`make up`): the Postgres to reuse if it runs, and the ports to bind on
     # 127.0.0.1. `services_db_prefix` namespaces the databases (tests use their own).

@@ -342,7 +342,7 @@ def prepare(
     if options.strategies and (options.force or options.as_of.weekday() == SUNDAY):
         # A week completes tonight, so training is likely: let the worker import
         # TensorFlow while this process ingests and plans.
-        _prewarm(settings)
+        prewarm_training(settings)
     ingest = None
     if options.source:
         ingest = tasks.ingest_prices(
@@ -626,7 +626,9 @@ def _current_flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
-def _prewarm(settings: Settings) -> None:
+def prewarm_training(settings: Settings) -> None:
+    """Start the process's training worker now (if it has none) so that TensorFlow's import
+    overlaps with the caller's own I/O instead of delaying the first training job."""
     workroot = settings.resolved_home / "work"
     workroot.mkdir(parents=True, exist_ok=True)
     prewarm_worker(

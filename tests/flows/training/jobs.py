@@ -85,3 +85,17 @@ def killed(workdir: Path) -> JsonObject:
 def stuck(workdir: Path) -> JsonObject:
     time.sleep(60)
     raise AssertionError("the test stops this job long before")
+
+
+def runtime(workdir: Path) -> JsonObject:
+    """The child's TensorFlow thread pools and malloc arena limit, as the result's timings."""
+    import tensorflow as tf
+
+    read_job(workdir)
+    timings = {
+        "intra_op_threads": float(tf.config.threading.get_intra_op_parallelism_threads()),
+        "inter_op_threads": float(tf.config.threading.get_inter_op_parallelism_threads()),
+        "malloc_arena_max": float(os.environ.get("MALLOC_ARENA_MAX", "0")),
+    }
+    result = TrainingResult(held_out_weeks=[], train_until=None, models=[], timings=timings)
+    return result.to_payload()

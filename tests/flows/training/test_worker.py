@@ -236,6 +236,33 @@ def test_a_worker_whose_memory_grew_is_replaced_after_its_job(tmp_path: Path) ->
         os.kill(pids[0], 0)
 
 
+@pytest.mark.parametrize(("setting", "threads"), [(None, 1.0), ("0", 0.0), ("2", 2.0)])
+def test_tensorflow_in_the_worker_uses_the_configured_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, threads: float
+) -> None:
+    """PRICECAST_TRAINING_THREADS (default 1; 0 = TensorFlow's own choice) sizes both op pools,
+    set before the first job; glibc's malloc arenas are capped at two."""
+    from pricecast.settings import get_settings
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    if setting is None:
+        monkeypatch.delenv("PRICECAST_TRAINING_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("PRICECAST_TRAINING_THREADS", setting)
+    get_settings.cache_clear()
+    result = run_in_child(
+        _job(),
+        CLOSES,
+        workdir=tmp_path / "work" / "threads",
+        log_path=tmp_path / "work" / "training-worker.log",
+        job_function=f"{JOBS}:runtime",
+        warm_imports=("tensorflow",),
+    )
+    assert result.timings["intra_op_threads"] == threads
+    assert result.timings["inter_op_threads"] == threads
+    assert result.timings["malloc_arena_max"] == 2.0
+
+
 def test_only_the_newest_job_logs_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "KEPT_JOB_LOGS", 3)
     worker_log = tmp_path / "training-worker.log"
