@@ -12,9 +12,12 @@ PRICECAST_HOME; the second worker is one more `pricecast worker`. Each phase run
 services are stopped and the databases dropped.
 
 Reported per phase: wall time of the universe run, tickers per minute, the sum of the nights'
-training seconds, efficiency sum(train) / wall, and per worker the peak RSS of its process tree
-(worker, flow-run process, training process; sampled every 0.5 s) and the training process's RSS
-after its first and last ticker. Targets (issue 9): efficiency with one worker >= 0.75, two
+training seconds, efficiency sum(train) / wall, how busy the machine's CPUs were, the steady
+state (the rate after the first night is done: what a universe much larger than eight runs at
+once a batch's start-up is paid), and per worker the peak RSS of its process tree (worker,
+flow-run process, training process; sampled every 0.5 s, with each process's share in --json)
+and the training process's RSS after its first and last ticker. --json adds each night's start,
+end and timings (laps, the training job's parts). Targets (issue 9): efficiency with one worker >= 0.75, two
 workers >= 1.5x the throughput of one, peak <= 1.5 GB per worker, growth first -> last <= 20 %.
 """
 
@@ -49,6 +52,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
 
 
 def load_services() -> ModuleType:
@@ -197,10 +208,12 @@ def run_phase(
 
     sampler = Sampler(dict(workers))
     since = dt.datetime.now(dt.UTC)
+    cpu_before = cpu_times()
     started = time.perf_counter()
     with sampler.running():
         result = run_universe(as_of=as_of, tickers=tickers, where="pool", pool=pool, epochs=epochs)
     wall = time.perf_counter() - started
+    busy, total = (after - before for after, before in zip(cpu_times(), cpu_before, strict=True))
     nights = nights_of(database_url, tickers, as_of)
     rss = {
         t: (n["finished_at"], float(n["timings"].get("child_worker_rss_mb", 0.0)))
@@ -236,6 +249,8 @@ def run_phase(
         "tickers_per_minute": len(tickers) / wall * 60,
         "train_seconds": train,
         "efficiency": train / wall,
+        "cores_busy": busy / wall,
+        "cpu_busy_fraction": busy / total if total else 0.0,
         "first_night_end_seconds": (ends[0] - since).total_seconds() if ends else None,
         "steady_tickers_per_minute": steady_rate,
         "steady_efficiency": train / len(tickers) * steady_rate / 60,
@@ -254,7 +269,8 @@ def report(phase: dict[str, Any]) -> list[str]:
         f"{phase['failed']} failed ({phase['where']})",
         f"wall {phase['wall_seconds']:.1f} s, {phase['tickers_per_minute']:.2f} tickers/min, "
         f"sum of training {phase['train_seconds']:.1f} s, efficiency sum(train)/wall "
-        f"{phase['efficiency']:.2f}",
+        f"{phase['efficiency']:.2f}; the machine's CPUs {phase['cpu_busy_fraction'] * 100:.0f} % "
+        f"busy ({phase['cores_busy']:.2f} of {os.cpu_count()} cores)",
     ]
     lines.append(
         f"first night done after {phase['first_night_end_seconds'] or 0:.1f} s; then "

@@ -68,8 +68,9 @@ def _score_and_log(
     """Tonight's candidates, the champion and naive scored on the same held-out weeks.
 
     Pipelined on two helper threads so that waiting overlaps with training: the champion loads
-    from the registry while `fresh` trains (it does not need the champion), and each scored model
-    is logged to MLflow while the next one trains (naive, then fresh, then retrain + champion).
+    from the registry while `fresh` trains (it does not need the champion), each scored model
+    is logged to MLflow while the next one trains (naive, then fresh, then retrain + champion),
+    and the night's comparison chart is drawn while the last one is logged.
     Scores do not depend on this order: every model is seeded and scored on the same weeks.
     """
     from forecasting.baselines import Naive
@@ -94,7 +95,9 @@ def _score_and_log(
             roles["champion"] = "champion"
         if rest:
             scoring.score(rest, roles)
-        chart = logger.submit(_log_comparison, job, scoring.passes)
+        # On the loader's thread (idle by now): the chart renders while the last model's run
+        # is logged, not after it.
+        chart = loader.submit(_log_comparison, job, scoring.passes)
         mark = time.perf_counter()
         models = scoring.outcomes(order=[*job.strategies, "champion", "naive"])
         chart.result()
