@@ -17,7 +17,9 @@ state (the rate after the first night is done: what a universe much larger than 
 once a batch's start-up is paid), and per worker the peak RSS of its process tree (worker,
 flow-run process, training process; sampled every 0.5 s, with each process's share in --json)
 and the training process's RSS after its first and last ticker. --json adds each night's start,
-end and timings (laps, the training job's parts). Targets (issue 9): efficiency with one worker >= 0.75, two
+end and timings (laps, the training job's parts).
+
+Targets (issue 9): efficiency with one worker >= 0.75, two
 workers >= 1.5x the throughput of one, peak <= 1.5 GB per worker, growth first -> last <= 20 %.
 """
 
@@ -29,6 +31,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -318,6 +321,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="Default: PRICECAST_EPOCHS.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # A kill (SIGTERM) still stops the services and drops the databases (the finally below).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     as_of = dt.date.fromisoformat(args.as_of)
 
     home = Path(tempfile.mkdtemp(prefix="pricecast-bench-universe-"))
