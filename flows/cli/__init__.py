@@ -83,6 +83,9 @@ app.add_typer(cli_universe.universe_app, name="universe")
 
 def _describe_unexpected(exc: BaseException) -> str | None:
     """One line for failures users cause that reach us as library exceptions."""
+    setting = _describe_bad_setting(exc)
+    if setting is not None:
+        return setting
     try:
         from sqlalchemy.exc import OperationalError
     except ImportError:  # pragma: no cover - sqlalchemy is a dependency
@@ -96,6 +99,23 @@ def _describe_unexpected(exc: BaseException) -> str | None:
             "Start it (make up) or point PRICECAST_DATABASE_URL at a running server."
         )
     return None
+
+
+def _describe_bad_setting(exc: BaseException) -> str | None:
+    """A PRICECAST_* variable the settings refuse: which one, its value, why, what to do."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError) or exc.title != "Settings":
+        return None
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        variable = "MLFLOW_TRACKING_URI" if field == "mlflow_tracking_uri" else f"PRICECAST_{field}"
+        problems.append(f"{variable.upper()}={error.get('input')!r}: {error['msg']}")
+    return (
+        f"invalid setting {'; '.join(problems)}. Fix or unset it (the README's Configuration "
+        "table lists the settings)."
+    )
 
 
 def _one_line(text: str) -> str:

@@ -67,3 +67,34 @@ def test_prefect_error_logs_go_to_the_file_not_the_console(isolated_home: Path) 
     assert stream.getvalue() == "Beginning flow run\n"
     text = cli_logs.log_path().read_text()
     assert "Encountered exception during execution" in text and "Traceback" in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("PRICECAST_TRAINING_THREADS", "-1", "greater than or equal to 0"),
+        ("PRICECAST_UNIVERSE_PARALLEL_NIGHTS", "two", "valid integer"),
+    ],
+)
+def test_a_bad_setting_is_named_with_its_value_and_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    isolated_home: Path,
+    variable: str,
+    value: str,
+    says: str,
+) -> None:
+    from pricecast.settings import get_settings
+
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["universe", "list"])
+    finally:
+        monkeypatch.delenv(variable)
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert exited.value.code == 1
+    assert err.startswith(f"error: invalid setting {variable}='{value}': "), err
+    assert says in err and "Fix or unset it" in err and len(err.strip().splitlines()) == 1
