@@ -56,8 +56,9 @@ IDLE_GRACE_SECONDS = 60.0
 JOB_LOG_FOLDER = "training-jobs"
 KEPT_JOB_LOGS = 200
 #: A worker whose memory grew by more than this fraction since its first job exits after the
-#: job it is on (TensorFlow keeps ~30 MB per fit that clear_session does not give back), so a
-#: long batch stays within the first job's footprint + 15 % at the cost of one re-import.
+#: job it is on, so a long batch stays within the first job's footprint + 15 % at the cost of one
+#: re-import. Training on one compiled trainer per architecture (`forecasting.model.train`) keeps
+#: TensorFlow from keeping ~30 MB per fit; this bounds whatever else grows.
 RETIRE_GROWTH = 0.15
 RERUN_HINT = "rerun the same --as-of to complete the night"
 
@@ -79,7 +80,7 @@ class JobDone:
 class TrainingWorker:
     """One training process. Reusing it across nights (a backfill) saves the imports (seconds per
     night); it exits after `max_jobs` jobs or `idle_seconds` without work, so TensorFlow's
-    per-fit leaks stay bounded."""
+    memory stays bounded."""
 
     def __init__(
         self,
@@ -456,7 +457,7 @@ def _release_memory() -> None:
     """Drop Keras' global state (names, the seed generator) so the next job starts as a fresh
     process would. Without the full garbage collection `clear_session` does by default: it costs
     ~0.3 s per job and growing, between one job and the next, and gives back no memory
-    (TensorFlow's per-fit leak survives it; the retire rule bounds that)."""
+    (what grows is bounded by the retire rule)."""
     keras = sys.modules.get("keras")
     if keras is not None:  # the job trained
         keras.backend.clear_session(free_memory=False)

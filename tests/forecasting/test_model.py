@@ -1,0 +1,87 @@
+"""Training on the process's cached trainer gives what compiling the model itself gives, and
+traces TensorFlow's training step once per architecture, not once per fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forecasting import model as lstm
+
+CONFIG = lstm.LSTMConfig(window_weeks=6, epochs=3)
+
+
+def _data(seed: int, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(scale=0.05, size=(n, CONFIG.window_weeks, 7))
+    return inputs, rng.normal(scale=0.05, size=(n, 7))
+
+
+def _fit_compiled(model: object, inputs: np.ndarray, targets: np.ndarray, **options: float) -> None:
+    """The plain Keras way: compile this model with a new optimizer and fit it."""
+    import keras
+    import tensorflow as tf
+
+    lstm.seed_everything(int(options["seed"]))
+    model.compile(  # type: ignore[attr-defined]
+        optimizer=keras.optimizers.RMSprop(learning_rate=options["learning_rate"]),
+        loss="mse",
+        steps_per_execution=lstm.STEPS_PER_EXECUTION,
+    )
+    stream = (
+        tf.data.Dataset.from_tensor_slices((inputs.astype("float32"), targets.astype("float32")))
+        .shuffle(len(inputs), seed=int(options["seed"]), reshuffle_each_iteration=True)
+        .repeat(CONFIG.epochs)
+        .batch(CONFIG.batch_size)
+    )
+    model.fit(stream, epochs=1, shuffle=False, verbose=0)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def no_trainers() -> None:
+    lstm._TRAINERS.clear()
+
+
+def test_the_cached_trainer_gives_the_weights_compiling_the_model_gives() -> None:
+    # Several fits in a row, other seeds, rates and sizes: each one equals its plain fit exactly
+    # (the optimizer state starts new every time; nothing leaks from one fit to the next).
+    for seed, rate, n in ((0, 1e-3, 40), (1, 5e-3, 33), (0, 1e-4, 52)):
+        inputs, targets = _data(seed, n)
+        cached = lstm.build_lstm(CONFIG, seed=seed)
+        plain = lstm.build_lstm(CONFIG, seed=seed)
+        options = {"learning_rate": rate, "seed": seed}
+        lstm.train(cached, inputs, targets, epochs=CONFIG.epochs, batch_size=32, **options)
+        _fit_compiled(plain, inputs, targets, **options)
+        for got, want in zip(cached.get_weights(), plain.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_one_architecture_traces_its_training_step_once() -> None:
+    inputs, targets = _data(3)
+    for seed in (0, 1, 2):
+        model = lstm.build_lstm(CONFIG, seed=seed)
+        lstm.train(model, inputs, targets, learning_rate=1e-3, epochs=2, batch_size=32, seed=seed)
+        ((trainer, step),) = [(t, t.train_function) for t in lstm._TRAINERS.values()]
+        if seed == 0:
+            first = (trainer, step)
+        assert (trainer, step) == first  # the same compiled function, not a new trace
+    wider = lstm.build_lstm(CONFIG.with_overrides(window_weeks=8), seed=0)
+    lstm.train(
+        wider,
+        np.zeros((10, 8, 7)),
+        np.zeros((10, 7)),
+        learning_rate=1e-3,
+        epochs=1,
+        batch_size=32,
+        seed=0,
+    )
+    assert len(lstm._TRAINERS) == 2
+
+
+def test_a_model_with_dropout_trains_itself() -> None:
+    """Dropout's random state is not in the weights: such a model is compiled and fit as is."""
+    inputs, targets = _data(4)
+    config = lstm.LSTMConfig(window_weeks=6, epochs=2, dropout=0.2)
+    model = lstm.build_lstm(config, seed=0)
+    lstm.train(model, inputs, targets, learning_rate=1e-3, epochs=2, batch_size=32, seed=0)
+    assert lstm._TRAINERS == {} and model.optimizer is not None
