@@ -138,7 +138,7 @@ def train(
     the model's weights go in, a fresh optimizer state and `learning_rate`, and the trained
     weights come back, bit for bit what compiling and fitting `model` itself gives. TensorFlow
     traces a training step once per architecture instead of once per fit, which is about half
-    of a fit's time here and ~30 MB per fit that it never gives back.
+    of a fit's time here, and memory it never gives back (~28 MB per ticker's fits).
     """
     import tensorflow as tf
 

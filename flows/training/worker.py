@@ -58,7 +58,7 @@ KEPT_JOB_LOGS = 200
 #: A worker whose memory grew by more than this fraction since its first job exits after the
 #: job it is on, so a long batch stays within the first job's footprint + 15 % at the cost of one
 #: re-import. Training on one compiled trainer per architecture (`forecasting.model.train`) keeps
-#: TensorFlow from keeping ~30 MB per fit; this bounds whatever else grows.
+#: TensorFlow from keeping ~28 MB per ticker's fits; this bounds whatever else grows.
 RETIRE_GROWTH = 0.15
 RERUN_HINT = "rerun the same --as-of to complete the night"
 
