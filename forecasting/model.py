@@ -169,7 +169,7 @@ def _trainer(model: keras.Model, *, learning_rate: float, loss: str) -> keras.Mo
     """A compiled model of `model`'s architecture holding `model`'s weights, with its RMSprop
     state as new (zero slots, step 0) at `learning_rate`: the process's cached one, or `model`
     itself compiled when caching could change the result (a layer with its own random state,
-    such as Dropout, whose state the weights do not carry)."""
+    dropout or noise, whose state the weights do not carry)."""
     import keras
 
     def compiled(target: keras.Model) -> keras.Model:
@@ -180,7 +180,7 @@ def _trainer(model: keras.Model, *, learning_rate: float, loss: str) -> keras.Mo
         )
         return target
 
-    if any(isinstance(layer, keras.layers.Dropout) for layer in model.layers):
+    if any(_random_in_training(layer) for layer in model.layers):
         return compiled(model)
     key = (model.to_json(), loss)
     trainer = _TRAINERS.pop(key, None)
@@ -195,6 +195,15 @@ def _trainer(model: keras.Model, *, learning_rate: float, loss: str) -> keras.Mo
         variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
     optimizer.learning_rate = learning_rate
     return trainer
+
+
+def _random_in_training(layer: keras.layers.Layer) -> bool:
+    """A layer that draws random numbers while training (dropout, noise): its generator's state
+    is not among the weights a trainer takes over."""
+    kind, config = type(layer).__name__, layer.get_config()
+    if "Dropout" in kind or "Noise" in kind:
+        return True
+    return bool(config.get("dropout") or config.get("recurrent_dropout"))
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -85,3 +85,14 @@ def test_a_model_with_dropout_trains_itself() -> None:
     model = lstm.build_lstm(config, seed=0)
     lstm.train(model, inputs, targets, learning_rate=1e-3, epochs=2, batch_size=32, seed=0)
     assert lstm._TRAINERS == {} and model.optimizer is not None
+
+
+def test_an_lstm_with_recurrent_dropout_trains_itself() -> None:
+    import keras
+
+    inputs, targets = _data(5)
+    source = keras.Input(shape=(CONFIG.window_weeks, 7))
+    hidden = keras.layers.LSTM(4, recurrent_dropout=0.1, seed=0)(source)
+    model = keras.Model(source, keras.layers.Dense(7)(hidden))
+    lstm.train(model, inputs, targets, learning_rate=1e-3, epochs=1, batch_size=32, seed=0)
+    assert lstm._TRAINERS == {} and model.optimizer is not None
