@@ -17,7 +17,13 @@ from prefect import flow
 from sqlalchemy import Engine
 
 from flows.night import tasks
-from flows.night.policy import TrainingPlan, decide_training, forecast_week_due, pick_forecaster
+from flows.night.policy import (
+    TrainingPlan,
+    decide_training,
+    forecast_week_due,
+    may_train,
+    pick_forecaster,
+)
 from flows.night.result import (
     ForecastDay,
     MlflowRefs,
@@ -38,7 +44,6 @@ from flows.tracking.tracker import (
 from flows.training.protocol import TrainingJob, TrainingResult
 from flows.training.worker import prewarm_worker
 from forecasting.calendar import (
-    SUNDAY,
     last_complete_week,
     training_windows_available,
     yesterday_utc,
@@ -339,7 +344,9 @@ def prepare(
     options: NightOptions, stores: Stores, settings: Settings, watch: Stopwatch
 ) -> NightData:
     """Steps 1-2: ingest the source up to as_of, then read the closes and their ISO weeks."""
-    if options.strategies and (options.force or options.as_of.weekday() == SUNDAY):
+    if may_train(
+        has_strategies=bool(options.strategies), force=options.force, dates=[options.as_of]
+    ):
         # A week completes tonight, so training is likely: let the worker import
         # TensorFlow while this process ingests and plans.
         prewarm_training(settings)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from forecasting.calendar import SUNDAY
 from pricecast.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,6 +57,13 @@ def decide_training(
         False,
         f"no week has completed since the last training (week of {last_trained_week})",
     )
+
+
+def may_train(*, has_strategies: bool, force: bool, dates: Iterable[dt.date]) -> bool:
+    """Whether training is likely on these nights (before the facts `decide_training` needs are
+    read): there are strategies to train and training is forced or a week completes (a Sunday).
+    Used to start the training process early, never to decide."""
+    return has_strategies and (force or any(d.weekday() == SUNDAY for d in dates))
 
 
 def forecast_week_due(latest_complete: dt.date | None, as_of: dt.date) -> dt.date | None:

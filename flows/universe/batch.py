@@ -21,9 +21,9 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from sqlalchemy import Engine
 
+from flows.night.policy import may_train
 from flows.universe.plan import Member, NightParams
 from flows.universe.report import one_line
-from forecasting.calendar import SUNDAY
 from pricecast.errors import PricecastError
 from pricecast.settings import Settings, get_settings
 
@@ -135,7 +135,8 @@ def run_lanes(
     runner must have that many threads). Returned in the members' order."""
     if not members or not dates:
         return []
-    if _will_train(params, dates):
+    wanted = params.strategies is None or bool(params.strategies)  # None: the nightly's default
+    if may_train(has_strategies=wanted, force=params.force, dates=dates):
         # TensorFlow's import overlaps with the first lanes' subflow set-up, ingest and plan.
         from flows.night.flow import prewarm_training
 
@@ -151,13 +152,6 @@ def run_lanes(
         lane = finished.result()
         lanes[lane.ticker] = lane
     return [lanes[m.ticker] for m in members]
-
-
-def _will_train(params: NightParams, dates: Sequence[dt.date]) -> bool:
-    """Whether these nights are likely to train (the nightly's own test: a week completes)."""
-    if params.strategies is not None and not params.strategies:
-        return False
-    return params.force or any(d.weekday() == SUNDAY for d in dates)
 
 
 def failure_message(lanes: Sequence[Lane]) -> str | None:

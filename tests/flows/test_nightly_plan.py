@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.night.policy import decide_training, forecast_week_due
+from flows.night.policy import decide_training, forecast_week_due, may_train
 from flows.night.report import markdown, scoreboard_lines, summary_lines
 from flows.night.result import (
     ForecastDay,
@@ -215,3 +215,13 @@ def test_the_json_form_keeps_the_nightly_keys() -> None:
     ]
     assert payload["realised"]["coverage_80"] == 6 / 7  # type: ignore[index]
     assert json.loads(json.dumps(payload)) == payload
+
+
+def test_training_is_likely_when_a_week_completes_or_it_is_forced() -> None:
+    """`may_train`: when a night (or a batch's nights) starts the training process early."""
+    sunday, monday = dt.date(2021, 12, 26), dt.date(2021, 12, 27)
+    assert may_train(has_strategies=True, force=False, dates=[sunday])
+    assert may_train(has_strategies=True, force=False, dates=[monday, sunday])
+    assert may_train(has_strategies=True, force=True, dates=[monday])
+    assert not may_train(has_strategies=True, force=False, dates=[monday])
+    assert not may_train(has_strategies=False, force=True, dates=[sunday])
