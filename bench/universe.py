@@ -314,24 +314,15 @@ def wait_online(pool: str, count: int, timeout: float = 180) -> None:
         time.sleep(1)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tickers", type=int, default=8, help="Tickers per phase (default 8).")
-    parser.add_argument("--as-of", default="2021-12-26", help="The night (~4 years of history).")
-    parser.add_argument("--epochs", type=int, default=None, help="Default: PRICECAST_EPOCHS.")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    # A kill (SIGTERM) still stops the services and drops the databases (the finally below).
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    as_of = dt.date.fromisoformat(args.as_of)
-
+def bench_environment(epochs: int | None) -> str:
+    """A scratch PRICECAST_HOME, ports, database prefix and work pool in os.environ (nothing of
+    the caller's services); returns the pool's name."""
     home = Path(tempfile.mkdtemp(prefix="pricecast-bench-universe-"))
     home.chmod(0o755)
     pool = f"bench-{uuid.uuid4().hex[:6]}"
-    prefix = f"pc_bench_uni_{os.getpid()}_"
     os.environ.update({
         "PRICECAST_HOME": str(home),
-        "PRICECAST_SERVICES_DB_PREFIX": prefix,
+        "PRICECAST_SERVICES_DB_PREFIX": f"pc_bench_uni_{os.getpid()}_",
         "PRICECAST_MLFLOW_PORT": str(free_port()),
         "PRICECAST_PREFECT_PORT": str(free_port()),
         "PRICECAST_WORKER_POOL": pool,
@@ -344,10 +335,15 @@ def main() -> int:
     })  # fmt: skip
     for name in ("PRICECAST_DATABASE_URL", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         os.environ.pop(name, None)
-    if args.epochs is not None:
-        os.environ["PRICECAST_EPOCHS"] = str(args.epochs)
+    if epochs is not None:
+        os.environ["PRICECAST_EPOCHS"] = str(epochs)
+    return pool
 
-    services = load_services()
+
+def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
+               epochs: int | None) -> list[dict[str, Any]]:  # fmt: skip
+    """Services up, the pool deployed, each phase's tickers added; one worker, then two; the
+    services down and their databases dropped at the end, whatever happened."""
     from pricecast.settings import apply_prefect_defaults, get_settings
 
     settings = get_settings()
@@ -355,7 +351,6 @@ def main() -> int:
     state = None
     extra: Any = None
     phases: list[dict[str, Any]] = []
-    started = time.perf_counter()
     try:
         with contextlib.redirect_stdout(sys.stderr):
             state = services.up(settings)  # Postgres DBs, MLflow, Prefect, one worker
@@ -373,7 +368,7 @@ def main() -> int:
         with contextlib.redirect_stdout(sys.stderr):
             deploy(pool=pool)
             for phase in (1, 2):
-                for index in range(1, args.tickers + 1):
+                for index in range(1, tickers + 1):
                     add_member(f"B{phase}-T{index}", f"synthetic:{index}")
         workers = {"services worker": int(layout.pid_file("worker").read_text())}
         pricecast = Path(sys.executable).parent / "pricecast"
@@ -384,19 +379,10 @@ def main() -> int:
                                      layout.logs / "worker-2.log")  # fmt: skip
                 workers["second worker"] = extra.pid
             wait_online(pool, count)
-            tickers = [f"B{phase_index}-T{i}" for i in range(1, args.tickers + 1)]
+            names = [f"B{phase_index}-T{i}" for i in range(1, tickers + 1)]
             with contextlib.redirect_stdout(sys.stderr):
-                phases.append(
-                    run_phase(
-                        label,
-                        tickers,
-                        as_of=as_of,
-                        pool=pool,
-                        workers=workers,
-                        database_url=database_url,
-                        epochs=args.epochs,
-                    )  # fmt: skip
-                )
+                phases.append(run_phase(label, names, as_of=as_of, pool=pool, workers=workers,
+                                        database_url=database_url, epochs=epochs))  # fmt: skip
             print("\n".join(report(phases[-1])), file=sys.stderr, flush=True)
     finally:
         if extra is not None and extra.poll() is None:
@@ -411,7 +397,49 @@ def main() -> int:
                 for database in state.databases.values():
                     conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             engine.dispose()
+    return phases
 
+
+def summary(one: dict[str, Any], two: dict[str, Any]) -> list[str]:
+    """The targets (issue 9) and the two-hour window, from the one- and two-worker phases."""
+    phases = (one, two)
+    speedup = two["tickers_per_minute"] / one["tickers_per_minute"]
+    steady = two["steady_tickers_per_minute"] / one["steady_tickers_per_minute"]
+    peak = max(max(p["peak_rss_mb"].values(), default=0) for p in phases)
+    growth = max((b["growth"] for p in phases for b in p["training_process_rss"]), default=0)
+    lines = [
+        f"efficiency, one worker: {one['efficiency']:.2f} (target >= 0.75)",
+        f"two workers / one worker throughput: {speedup:.2f}x (target >= 1.5x)",
+        f"peak worker RSS: {peak:.0f} MB (target <= 1536 MB)",
+        f"training process growth first -> last ticker: {growth * 100:+.1f} % (<= 20 %)",
+        f"two workers / one worker, steady state: {steady:.2f}x",
+    ]
+    for label, phase in (("one worker", one), ("two workers", two)):
+        start_up = phase["first_night_end_seconds"] or 0.0
+        rate = phase["steady_tickers_per_minute"]
+        lines.append(
+            f"a two-hour window ({label}): the first night done after {start_up:.0f} s, "
+            f"then {rate:.2f} tickers/min: about {1 + rate * (120 - start_up / 60):.0f} "
+            f"tickers (at the bench's own rate, start-up in every {phase['tickers']}: "
+            f"{phase['tickers_per_minute'] * 120:.0f})"
+        )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tickers", type=int, default=8, help="Tickers per phase (default 8).")
+    parser.add_argument("--as-of", default="2021-12-26", help="The night (~4 years of history).")
+    parser.add_argument("--epochs", type=int, default=None, help="Default: PRICECAST_EPOCHS.")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    # A kill (SIGTERM) still stops the services and drops the databases (run_phases' finally).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    as_of = dt.date.fromisoformat(args.as_of)
+    pool = bench_environment(args.epochs)
+    started = time.perf_counter()
+    phases = run_phases(load_services(), pool, tickers=args.tickers, as_of=as_of,
+                        epochs=args.epochs)  # fmt: skip
     if args.json:
         print(json.dumps({"as_of": as_of.isoformat(), "phases": phases}, indent=2, default=str))
         return 0
@@ -424,26 +452,8 @@ def main() -> int:
         print()
         print("\n".join(report(phase)))
     if len(phases) == 2:
-        one, two = phases
-        speedup = two["tickers_per_minute"] / one["tickers_per_minute"]
-        peak = max(max(p["peak_rss_mb"].values(), default=0) for p in phases)
-        growth = max((b["growth"] for p in phases for b in p["training_process_rss"]), default=0)
         print()
-        print(f"efficiency, one worker: {one['efficiency']:.2f} (target >= 0.75)")
-        print(f"two workers / one worker throughput: {speedup:.2f}x (target >= 1.5x)")
-        print(f"peak worker RSS: {peak:.0f} MB (target <= 1536 MB)")
-        print(f"training process growth first -> last ticker: {growth * 100:+.1f} % (<= 20 %)")
-        steady = two["steady_tickers_per_minute"] / one["steady_tickers_per_minute"]
-        print(f"two workers / one worker, steady state: {steady:.2f}x")
-        for label, phase in (("one worker", one), ("two workers", two)):
-            start_up = phase["first_night_end_seconds"] or 0.0
-            rate = phase["steady_tickers_per_minute"]
-            print(
-                f"a two-hour window ({label}): the first night done after {start_up:.0f} s, "
-                f"then {rate:.2f} tickers/min: about {1 + rate * (120 - start_up / 60):.0f} "
-                f"tickers (at the bench's own rate, start-up in every {phase['tickers']}: "
-                f"{phase['tickers_per_minute'] * 120:.0f})"
-            )
+        print("\n".join(summary(*phases)))
     return 0
 
 
