@@ -15,9 +15,10 @@ Reported per phase: wall time of the universe run, tickers per minute, the sum o
 training seconds, efficiency sum(train) / wall, how busy the machine's CPUs were, the steady
 state (the rate after the first night is done: what a universe much larger than eight runs at
 once a batch's start-up is paid), and per worker the peak RSS of its process tree (worker,
-flow-run process, training process; sampled every 0.5 s, with each process's share in --json)
-and the training process's RSS after its first and last ticker. --json adds each night's start,
-end and timings (laps, the training job's parts).
+flow-run process, the worker's resident training process; sampled every 0.5 s, with each
+process's share in --json) and each training process's RSS after its first and last ticker (a
+worker's resident training process serves both phases: its growth is taken over both). --json
+adds each night's start, end and timings (laps, the training job's parts).
 
 Targets (issue 9): efficiency with one worker >= 0.75, two
 workers >= 1.5x the throughput of one, peak <= 1.5 GB per worker, growth first -> last <= 20 %.
@@ -104,11 +105,26 @@ def _what(pid: int) -> str:
     return str(pid)
 
 
+def _residents_of(owner: int) -> list[int]:
+    """Resident training processes of worker `owner` that are not its descendants (one a flow
+    run started after the worker's own had exited, once that flow run ended)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+            if b"--listen" in argv and f"--owner\0{owner}\0".encode() in b"\0".join(argv):
+                found.append(int(proc.name))
+    return found
+
+
 def tree_rss(root: int) -> dict[str, float]:
-    """RSS (MB) of `root` and each of its descendants, by pid and command."""
-    tree, sizes, stack = _children(), {}, [root]
+    """RSS (MB) of `root`, each of its descendants and its resident training process, by pid
+    and command."""
+    tree, sizes, stack = _children(), {}, [root, *_residents_of(root)]
     while stack:
         pid = stack.pop()
+        if f"{pid} {_what(pid)}" in sizes:
+            continue
         sizes[f"{pid} {_what(pid)}"] = _rss_mb(pid)
         stack.extend(tree.get(pid, []))
     return sizes
@@ -183,6 +199,24 @@ def nights_of(database_url: str, tickers: list[str], as_of: dt.date) -> dict[str
         engine.dispose()
 
 
+def training_processes(nights: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each training process (by pid) of the phase: its tickers, in order, with its RSS after
+    each, and whether it was a worker's resident process."""
+    processes: dict[str, dict[str, Any]] = {}
+    ordered = sorted(nights.items(), key=lambda item: item[1]["finished_at"] or since_never)
+    for ticker, night in ordered:
+        timings = night["timings"]
+        pid = str(int(timings.get("child_worker_pid", 0)))
+        process = processes.setdefault(
+            pid, {"resident": bool(timings.get("child_worker_resident")), "tickers": []}
+        )
+        process["tickers"].append((ticker, float(timings.get("child_worker_rss_mb", 0.0))))
+    return processes
+
+
+since_never = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
 def timeline(nights: dict[str, Any], since: dt.datetime) -> list[dict[str, Any]]:
     """Each night's start and end, in seconds after the phase started, with its laps."""
     rows = []
@@ -218,23 +252,14 @@ def run_phase(
     wall = time.perf_counter() - started
     busy, total = (after - before for after, before in zip(cpu_times(), cpu_before, strict=True))
     nights = nights_of(database_url, tickers, as_of)
-    rss = {
-        t: (n["finished_at"], float(n["timings"].get("child_worker_rss_mb", 0.0)))
-        for t, n in nights.items()
-    }
-    growth = []
-    batch_runs = []
-    for name, members, run in batches_of(result.flow_run_id or ""):
-        batch_runs.append({
+    batch_runs = [
+        {
             "batch": name,
             "start": (run.start_time - since).total_seconds() if run.start_time else None,
             "end": (run.end_time - since).total_seconds() if run.end_time else None,
-        })  # fmt: skip
-        ordered = sorted((rss[t] for t in members if t in rss), key=lambda pair: pair[0])
-        if ordered:
-            first, last = ordered[0][1], ordered[-1][1]
-            growth.append({"batch": name, "first_mb": first, "last_mb": last,
-                           "growth": (last - first) / first if first else 0.0})  # fmt: skip
+        }
+        for name, _, run in batches_of(result.flow_run_id or "")
+    ]
     train = sum(t.train_seconds for t in result.tickers)
     ends = sorted(n["finished_at"] for n in nights.values() if n["finished_at"])
     # Steady state: the nights after the first one to end, over the time they took; what a
@@ -259,7 +284,7 @@ def run_phase(
         "steady_efficiency": train / len(tickers) * steady_rate / 60,
         "peak_rss_mb": sampler.peaks,
         "processes_at_peak": sampler.at_peak,
-        "training_process_rss": growth,
+        "training_processes": training_processes(nights),
         "where": result.where,
         "batch_runs": batch_runs,
         "timeline": timeline(nights, since),
@@ -282,11 +307,12 @@ def report(phase: dict[str, Any]) -> list[str]:
     )
     for name, peak in phase["peak_rss_mb"].items():
         lines.append(f"worker {name}: peak RSS of its process tree {peak:.0f} MB")
-    for batch in phase["training_process_rss"]:
+    for pid, process in phase["training_processes"].items():
+        kind = "resident training process" if process["resident"] else "training process"
+        (_, first), (_, last) = process["tickers"][0], process["tickers"][-1]
         lines.append(
-            f'batch "{batch["batch"]}": training process RSS {batch["first_mb"]:.0f} MB after '
-            f"its first ticker, {batch['last_mb']:.0f} MB after its last "
-            f"({batch['growth'] * 100:+.1f} %)"
+            f"{kind} {pid}: {len(process['tickers'])} ticker(s) this phase, RSS {first:.0f} MB "
+            f"after its first, {last:.0f} MB after its last"
         )
     for ticker, error in phase["errors"].items():
         lines.append(f"  {ticker} failed: {error}")
@@ -400,13 +426,23 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
     return phases
 
 
+def _growths(phases: tuple[dict[str, Any], ...]) -> list[float]:
+    """Each training process's RSS growth from its first ticker to its last, over both phases
+    (a worker's resident process serves both)."""
+    rss: dict[str, list[float]] = {}
+    for phase in phases:
+        for pid, process in phase["training_processes"].items():
+            rss.setdefault(pid, []).extend(mb for _, mb in process["tickers"])
+    return [(mbs[-1] - mbs[0]) / mbs[0] for mbs in rss.values() if mbs and mbs[0] > 0]
+
+
 def summary(one: dict[str, Any], two: dict[str, Any]) -> list[str]:
     """The targets (issue 9) and the two-hour window, from the one- and two-worker phases."""
     phases = (one, two)
     speedup = two["tickers_per_minute"] / one["tickers_per_minute"]
     steady = two["steady_tickers_per_minute"] / one["steady_tickers_per_minute"]
     peak = max(max(p["peak_rss_mb"].values(), default=0) for p in phases)
-    growth = max((b["growth"] for p in phases for b in p["training_process_rss"]), default=0)
+    growth = max(_growths(phases), default=0.0)
     lines = [
         f"efficiency, one worker: {one['efficiency']:.2f} (target >= 0.75)",
         f"two workers / one worker throughput: {speedup:.2f}x (target >= 1.5x)",

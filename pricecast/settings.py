@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     # How often a worker asks for runs (Prefect's PREFECT_WORKER_QUERY_SECONDS, default 10 s,
     # wins when set): batch runs start sooner, at a few requests a second for the server.
     worker_query_seconds: float = Field(default=5.0, gt=0)
+    training_resident: bool = Field(
+        default=True,
+        description=(
+            "`pricecast worker` keeps one training process alive across its flow runs "
+            "(PRICECAST_TRAINING_RESIDENT; ~1 GB while idle), so a batch run does not pay "
+            "TensorFlow's import; false: each flow run starts its own."
+        ),
+    )
 
     @property
     def resolved_home(self) -> Path:

@@ -168,8 +168,9 @@ def worker_command(
         1,
         "--limit",
         min=1,
-        help="Flow runs this worker executes at once; each trains in a process of its own "
-        "(~1 GB). Set PRICECAST_UNIVERSE_RUNS_PER_WORKER to the same number.",
+        help="Flow runs this worker executes at once; one trains in the worker's resident "
+        "training process, each other one in a process of its own (~1 GB). Set "
+        "PRICECAST_UNIVERSE_RUNS_PER_WORKER to the same number.",
     ),
     name: str | None = typer.Option(
         None, "--name", help="Worker name in the Prefect UI (default: pricecast-<host>-<pid>)."
@@ -180,6 +181,8 @@ def worker_command(
     It takes universe nights and ticker batches from the pool and runs each in a process of
     its own, with this environment: PRICECAST_DATABASE_URL, MLFLOW_TRACKING_URI and
     PREFECT_API_URL must point at the shared services. See them under Work Pools in the UI.
+    Their trainings go to one training process it starts beside it and keeps across runs
+    (TensorFlow imported once; PRICECAST_TRAINING_RESIDENT=false: one per run).
     """
     from flows.universe.deploy import exec_worker
     from pricecast.settings import get_settings

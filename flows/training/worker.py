@@ -70,17 +70,108 @@ class JobDone:
     code: int
     rss_mb: float
     job_seconds: float
-    #: The child exits after this job: its memory grew past RETIRE_GROWTH since its first job.
+    pid: int = 0
+    #: The process exits after this job: its last job, or its memory grew past RETIRE_GROWTH.
     retiring: bool = False
 
 
 # --- parent side --------------------------------------------------------------------------------
 
 
-class TrainingWorker:
-    """One training process. Reusing it across nights (a backfill) saves the imports (seconds per
-    night); it exits after `max_jobs` jobs or `idle_seconds` without work, so TensorFlow's
-    memory stays bounded."""
+class JobChannel:
+    """The parent's side of one training process: one JSON line per job out, one 'ready' line when
+    it has imported, one 'done' line per job back. `TrainingWorker` talks to a child of its own
+    over pipes; `flows.training.resident.ResidentWorker` to the worker's resident process over a
+    socket."""
+
+    def __init__(self, *, idle_seconds: float, log_path: Path, warm_imports: Sequence[str]) -> None:
+        self.idle_seconds = idle_seconds
+        self.log_path = log_path
+        self.warm_imports = tuple(warm_imports)
+        self.jobs = 0
+        self.retiring = False
+        self.import_seconds: float | None = None  # known once the process said it is ready
+        self.last_used = time.monotonic()
+
+    #: True for the `pricecast worker`'s resident process (shared across flow runs).
+    resident = False
+
+    @property
+    def pid(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def usable(self) -> bool:
+        return time.monotonic() - self.last_used < self.idle_seconds and not self.retiring
+
+    def run(
+        self,
+        workdir: Path,
+        *,
+        job_log: Path,
+        activity: str,
+        job_function: str = DEFAULT_JOB_FUNCTION,
+        timeout_seconds: float | None = None,
+    ) -> JobDone:
+        """Run `job_function` on `workdir` in the process, its output going to `job_log`."""
+        if self.import_seconds is None:
+            starting = f"starting (importing {', '.join(self.warm_imports) or 'nothing'})"
+            ready = self._receive(STARTUP_TIMEOUT_SECONDS, starting, self.log_path)
+            self.import_seconds = float(ready["import_seconds"])
+        message = {"function": job_function, "workdir": str(workdir), "log": str(job_log)}
+        try:
+            self._write(json.dumps(message) + "\n")
+        except OSError:  # a broken pipe or a reset socket: the process is gone
+            raise self._died(activity, job_log) from None
+        done = self._receive(timeout_seconds, activity, job_log)
+        self.jobs += 1
+        self.last_used = time.monotonic()
+        self.retiring = bool(done.get("retiring", False))
+        return JobDone(
+            code=int(done["code"]),
+            rss_mb=float(done["rss_mb"]),
+            job_seconds=float(done["job_seconds"]),
+            pid=int(done.get("pid", self.pid)),
+            retiring=self.retiring,
+        )
+
+    def _receive(self, timeout: float | None, activity: str, log: Path) -> JsonObject:
+        """The process's next protocol line; a dead or stuck process is a one-line error."""
+        if not self._readable(timeout):
+            self.close(kill=True)
+            raise TrainingProcessDied(
+                f"the training process (pid {self.pid}) did not finish {activity} within "
+                f"{timeout:g} s and was stopped; its log: {log}; {RERUN_HINT}"
+            )
+        try:
+            line = self._readline()
+        except OSError:
+            line = ""
+        if not line:
+            raise self._died(activity, log)
+        message: JsonObject = json.loads(line)
+        return message
+
+    def _write(self, line: str) -> None:
+        raise NotImplementedError
+
+    def _readable(self, timeout: float | None) -> bool:
+        raise NotImplementedError
+
+    def _readline(self) -> str:
+        raise NotImplementedError
+
+    def _died(self, activity: str, log: Path) -> TrainingProcessDied:
+        raise NotImplementedError
+
+    def close(self, *, kill: bool = False) -> None:
+        raise NotImplementedError
+
+
+class TrainingWorker(JobChannel):
+    """One training process of this process's own. Reusing it across nights (a backfill) saves
+    the imports (seconds per night); it exits after `max_jobs` jobs or `idle_seconds` without
+    work, so TensorFlow's memory stays bounded."""
 
     def __init__(
         self,
@@ -91,22 +182,9 @@ class TrainingWorker:
         warm_imports: Sequence[str] = WARM_IMPORTS,
         idle_grace_seconds: float = IDLE_GRACE_SECONDS,
     ) -> None:
+        super().__init__(idle_seconds=idle_seconds, log_path=log_path, warm_imports=warm_imports)
         self.max_jobs = max(1, max_jobs)
-        self.idle_seconds = idle_seconds
-        self.log_path = log_path
-        self.warm_imports = tuple(warm_imports)
-        self.jobs = 0
-        self.retiring = False
-        self.import_seconds: float | None = None  # known once the child said it is ready
-        self.last_used = time.monotonic()
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        # glibc's per-thread malloc arenas (up to 8 per core) hold freed memory in a process
-        # with TensorFlow's thread pools and the job's logging thread: two keep RSS ~3 % lower.
-        env.setdefault("MALLOC_ARENA_MAX", "2")
-        env["PYTHONUNBUFFERED"] = "1"
-        env["MPLBACKEND"] = "Agg"  # no display in the child; plots are files
         command = [
             sys.executable,
             "-m",
@@ -125,7 +203,7 @@ class TrainingWorker:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
-                env=env,
+                env=training_env(os.environ),
                 text=True,
                 bufsize=1,
             )
@@ -136,57 +214,22 @@ class TrainingWorker:
 
     @property
     def usable(self) -> bool:
-        fresh = time.monotonic() - self.last_used < self.idle_seconds
-        alive = self.process.poll() is None and not self.retiring
-        return alive and self.jobs < self.max_jobs and fresh
+        alive = self.process.poll() is None
+        return alive and super().usable and self.jobs < self.max_jobs
 
-    def run(
-        self,
-        workdir: Path,
-        *,
-        job_log: Path,
-        activity: str,
-        job_function: str = DEFAULT_JOB_FUNCTION,
-        timeout_seconds: float | None = None,
-    ) -> JobDone:
-        """Run `job_function` on `workdir` in the child, its output going to `job_log`."""
-        if self.import_seconds is None:
-            starting = f"starting (importing {', '.join(self.warm_imports) or 'nothing'})"
-            ready = self._receive(STARTUP_TIMEOUT_SECONDS, starting, self.log_path)
-            self.import_seconds = float(ready["import_seconds"])
-        message = {"function": job_function, "workdir": str(workdir), "log": str(job_log)}
+    def _write(self, line: str) -> None:
         assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(json.dumps(message) + "\n")
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            raise self._died(activity, job_log) from None
-        done = self._receive(timeout_seconds, activity, job_log)
-        self.jobs += 1
-        self.last_used = time.monotonic()
-        self.retiring = bool(done.get("retiring", False))
-        return JobDone(
-            code=int(done["code"]),
-            rss_mb=float(done["rss_mb"]),
-            job_seconds=float(done["job_seconds"]),
-            retiring=self.retiring,
-        )
+        self.process.stdin.write(line)
+        self.process.stdin.flush()
 
-    def _receive(self, timeout: float | None, activity: str, log: Path) -> JsonObject:
-        """The child's next protocol line; a dead or stuck child is a one-line error."""
+    def _readable(self, timeout: float | None) -> bool:
         assert self.process.stdout is not None
         readable, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not readable:
-            self.close(kill=True)
-            raise TrainingProcessDied(
-                f"the training process (pid {self.pid}) did not finish {activity} within "
-                f"{timeout:g} s and was stopped; its log: {log}; {RERUN_HINT}"
-            )
-        line = self.process.stdout.readline()
-        if not line:
-            raise self._died(activity, log)
-        message: JsonObject = json.loads(line)
-        return message
+        return bool(readable)
+
+    def _readline(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline()
 
     def _died(self, activity: str, log: Path) -> TrainingProcessDied:
         try:
@@ -215,6 +258,18 @@ class TrainingWorker:
             self.process.wait(timeout=30)
 
 
+def training_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a training process."""
+    env = dict(environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # glibc's per-thread malloc arenas (up to 8 per core) hold freed memory in a process
+    # with TensorFlow's thread pools and the job's logging thread: two keep RSS ~3 % lower.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["MPLBACKEND"] = "Agg"  # no display in the child; plots are files
+    return env
+
+
 def _how_it_ended(code: int) -> str:
     if code < 0:
         try:
@@ -226,7 +281,7 @@ def _how_it_ended(code: int) -> str:
     return f"exited with code {code}"
 
 
-_worker: TrainingWorker | None = None
+_worker: JobChannel | None = None
 _worker_lock = threading.Lock()
 _job_lock = threading.Lock()
 _shutdown_registered = False
@@ -234,8 +289,10 @@ _shutdown_registered = False
 
 def _take_worker(
     *, max_jobs: int, idle_seconds: float, log_path: Path, warm_imports: Sequence[str]
-) -> TrainingWorker:
-    """The process's training worker, started if there is none (or it expired)."""
+) -> JobChannel:
+    """The process's training worker: the `pricecast worker`'s resident training process when
+    this flow run has one to itself (see `flows.training.resident`), else a child of this
+    process, started if there is none (or it expired)."""
     global _worker, _shutdown_registered
     with _worker_lock:
         if not _shutdown_registered:
@@ -244,13 +301,31 @@ def _take_worker(
         if _worker is None or not _worker.usable or _worker.warm_imports != tuple(warm_imports):
             if _worker is not None:
                 _worker.close()
-            _worker = TrainingWorker(
+            resident = _resident_worker(max_jobs, idle_seconds, log_path, warm_imports)
+            _worker = resident or TrainingWorker(
                 max_jobs=max_jobs,
                 idle_seconds=idle_seconds,
                 log_path=log_path,
                 warm_imports=warm_imports,
             )
         return _worker
+
+
+def _resident_worker(
+    max_jobs: int, idle_seconds: float, log_path: Path, warm_imports: Sequence[str]
+) -> JobChannel | None:
+    """The resident training process of the `pricecast worker` this flow run runs under, if it
+    has one (PRICECAST_TRAINING_SOCKET) and it is free; None: start a child of our own."""
+    if not os.environ.get("PRICECAST_TRAINING_SOCKET"):
+        return None
+    from flows.training.resident import connect_resident
+
+    return connect_resident(
+        idle_seconds=idle_seconds,
+        log_path=log_path,
+        max_jobs=max_jobs,
+        warm_imports=warm_imports,
+    )
 
 
 def prewarm_worker(
@@ -333,6 +408,7 @@ def run_in_child(
             shutdown_worker()  # never reuse a worker in an unknown state
             raise
         jobs, import_seconds = worker.jobs, worker.import_seconds or 0.0
+        resident = worker.resident
     elapsed = time.perf_counter() - started
     payload = read_result(workdir)
     if payload is None:
@@ -347,6 +423,9 @@ def run_in_child(
         "worker_rss_mb": done.rss_mb,
         "job_seconds": done.job_seconds,
         "worker_jobs": float(jobs),
+        "worker_pid": float(done.pid),
+        # 1: the job ran in the `pricecast worker`'s resident training process.
+        "worker_resident": 1.0 if resident else 0.0,
         # The first job of a worker waited for its imports (unless a prewarm hid them).
         "import_seconds": import_seconds if jobs == 1 else 0.0,
     }
@@ -360,25 +439,62 @@ def serve(*, max_jobs: int, idle_seconds: float, warm_imports: Sequence[str]) ->
     """The worker loop: one JSON line per job on stdin, one 'done' line per job on stdout."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything else printed goes to a log, never into the protocol
+    import_seconds = warm_up(warm_imports)
+    _send(protocol, {"ready": True, "pid": os.getpid(), "import_seconds": import_seconds})
+    serve_jobs(sys.stdin, protocol, JobCount(max(1, max_jobs)), idle_seconds=idle_seconds)
+    return 0
+
+
+def warm_up(warm_imports: Sequence[str]) -> float:
+    """Import what the jobs need and size TensorFlow's thread pools; the seconds it took."""
     started = time.perf_counter()
     for module in warm_imports:
         importlib.import_module(module)
     _limit_threads()
-    ready = {"ready": True, "pid": os.getpid(), "import_seconds": time.perf_counter() - started}
-    _send(protocol, ready)
+    return time.perf_counter() - started
+
+
+@dataclass
+class JobCount:
+    """A training process's jobs so far; it exits after `max_jobs`, or once its memory grew by
+    more than RETIRE_GROWTH since its first job."""
+
+    max_jobs: int
+    done: int = 0
     first_rss: float | None = None
-    for _ in range(max_jobs):
-        readable, _, _ = select.select([sys.stdin], [], [], idle_seconds)
-        line = sys.stdin.readline() if readable else ""
+    retiring: bool = False
+
+    def count(self, rss: float) -> None:
+        self.done += 1
+        self.first_rss = self.first_rss or rss
+        grew = rss > self.first_rss * (1 + RETIRE_GROWTH)
+        self.retiring = grew or self.done >= self.max_jobs
+
+
+def serve_jobs(
+    jobs_in: IO[str],
+    protocol: IO[str],
+    count: JobCount,
+    *,
+    idle_seconds: float,
+    before_last_answer: Callable[[], None] | None = None,
+) -> None:
+    """Run the jobs that arrive on `jobs_in`, answering each on `protocol`, until it closes,
+    stays idle for `idle_seconds`, or the process is due to exit (`count.retiring`; then
+    `before_last_answer` runs before the answer to its last job goes out)."""
+    while not count.retiring:
+        readable, _, _ = select.select([jobs_in], [], [], idle_seconds)
+        line = jobs_in.readline() if readable else ""
         if not line:
-            break  # idle for too long, or the parent closed the pipe
+            return  # idle for too long, or the parent closed its end
         message = json.loads(line)
         started = time.perf_counter()
         with _output_to(Path(message["log"])):
             code = _run_job(message["function"], Path(message["workdir"]))
         rss = _rss_mb()
-        first_rss = first_rss or rss
-        retiring = rss > first_rss * (1 + RETIRE_GROWTH)
+        count.count(rss)
+        if count.retiring and before_last_answer is not None:
+            before_last_answer()
         _send(
             protocol,
             {
@@ -386,17 +502,17 @@ def serve(*, max_jobs: int, idle_seconds: float, warm_imports: Sequence[str]) ->
                 "code": code,
                 "rss_mb": rss,
                 "job_seconds": time.perf_counter() - started,
-                "retiring": retiring,
+                "retiring": count.retiring,  # the parent needs another process for its next job
+                "pid": os.getpid(),
             },
         )
-        if retiring:  # the parent starts a fresh process for its next job
-            break
-        _release_memory()  # after answering: this overlaps with the flow's next steps
-    return 0
+        if not count.retiring:
+            _release_memory()  # after answering: this overlaps with the flow's next steps
 
 
 def _send(protocol: IO[str], message: Mapping[str, object]) -> None:
     protocol.write(json.dumps(message) + "\n")
+    protocol.flush()  # a socket's text file is not line-buffered
 
 
 @contextlib.contextmanager

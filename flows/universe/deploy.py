@@ -175,6 +175,32 @@ def exec_worker(*, pool: str, limit: int | None, name: str | None = None) -> NoR
     for warning in local_store_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
     argv = worker_argv(pool, limit=limit, name=name)
+    env = worker_env(settings, os.environ)
+    if settings.training_resident:
+        env.update(start_resident_training(settings, env))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, worker_env(settings, os.environ))
+    os.execve(argv[0], argv, env)
+
+
+def start_resident_training(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
+    """Start this worker's resident training process (see `flows.training.resident`); the
+    variables that lead its flow runs to it. This process becomes the Prefect worker, so its pid
+    is the worker's."""
+    from flows.training.resident import OWNER_ENV, SOCKET_ENV, socket_path, start_resident
+
+    owner = os.getpid()
+    path = socket_path(owner)
+    variables = {SOCKET_ENV: str(path), OWNER_ENV: str(owner)}
+    log = settings.resolved_home / "work" / "training-resident.log"
+    pid = start_resident(
+        path,
+        owner=owner,
+        log=log,
+        max_jobs=settings.training_worker_max_jobs,
+        idle_seconds=settings.training_worker_idle_seconds,
+        environ={**env, **variables},
+    )
+    print(f"resident training process {pid} (TensorFlow imported once for every flow run of this "
+          f"worker; PRICECAST_TRAINING_RESIDENT=false to turn off); its log: {log}")  # fmt: skip
+    return variables

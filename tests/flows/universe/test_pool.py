@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,6 +186,10 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
         nights = [n for b in batches for n in _children(api, b["id"])]
         assert sorted(n["name"] for n in nights) == sorted([*GOOD, MISSING])
         assert {b["state"]["type"] for b in batches} == {"COMPLETED", "FAILED"}
+        # Each worker's trainings ran in its resident training process, one per worker.
+        first_training = training_processes(pool_env["PRICECAST_DATABASE_URL"], GOOD)
+        assert set(first_training.values()) <= {True}, first_training
+        assert 1 <= len(first_training) <= 2, first_training
 
         fix_missing(missing)
         again = cli(pool_env, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
@@ -196,4 +200,24 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
         assert rerun["id"] != parent["id"] and rerun["state"]["type"] == "COMPLETED"
         (batch,) = _children(api, rerun["id"])
         assert [n["name"] for n in _children(api, batch["id"])] == [MISSING]
+        # The rerun is another flow run of one of the workers: the same resident trained it.
+        rerun_training = training_processes(pool_env["PRICECAST_DATABASE_URL"], [MISSING])
+        assert set(rerun_training) <= set(first_training), (rerun_training, first_training)
     api.close()
+
+
+def training_processes(database_url: str, tickers: Sequence[str]) -> dict[int, bool]:
+    """The pids of the processes that trained these tickers' nights as of AS_OF, each with
+    whether it was a worker's resident training process."""
+    from storage.db import make_engine, session_scope
+    from storage.universe import nights_as_of
+
+    engine = make_engine(database_url)
+    try:
+        with session_scope(engine) as session:
+            nights = nights_as_of(session, as_of=AS_OF, tickers=list(tickers))
+            timings = [dict(night.timings or {}) for night in nights.values()]
+    finally:
+        engine.dispose()
+    assert len(timings) == len(tickers), timings
+    return {int(t["child_worker_pid"]): t.get("child_worker_resident") == 1.0 for t in timings}
