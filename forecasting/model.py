@@ -160,6 +160,28 @@ def train(
     return time.perf_counter() - started
 
 
+def warm_trainer(config: LSTMConfig | None = None) -> float:
+    """Compile `config`'s network (default: the nightly's) and trace its training step on a
+    batch of zero windows, so that this process's first real fit of that architecture does not
+    pay it (~1 s); the seconds it took. The trainer's weights and optimizer state are set anew
+    by every fit (`_trainer`), so nothing of this reaches a result."""
+    config = config or LSTMConfig()
+    started = time.perf_counter()
+    model = build_lstm(config, seed=0)
+    n = config.batch_size
+    train(
+        model,
+        np.zeros((n, config.window_weeks, DAYS_PER_WEEK)),
+        np.zeros((n, DAYS_PER_WEEK)),
+        learning_rate=config.learning_rate,
+        epochs=1,
+        batch_size=config.batch_size,
+        seed=0,
+        loss=config.loss,
+    )
+    return time.perf_counter() - started
+
+
 #: Compiled trainers by architecture (the model's JSON) and loss, newest last; a few at most.
 _TRAINERS: dict[tuple[str, str], keras.Model] = {}
 MAX_TRAINERS = 4

@@ -96,3 +96,20 @@ def test_an_lstm_with_recurrent_dropout_trains_itself() -> None:
     model = keras.Model(source, keras.layers.Dense(7)(hidden))
     lstm.train(model, inputs, targets, learning_rate=1e-3, epochs=1, batch_size=32, seed=0)
     assert lstm._TRAINERS == {} and model.optimizer is not None
+
+
+def test_a_warmed_trainer_is_the_one_the_first_fit_uses_and_changes_no_weights() -> None:
+    lstm.warm_trainer(CONFIG)
+    ((warm, step),) = [(t, t.train_function) for t in lstm._TRAINERS.values()]
+    assert step is not None  # traced by the warm-up
+
+    inputs, targets = _data(5)
+    cached = lstm.build_lstm(CONFIG, seed=5)
+    plain = lstm.build_lstm(CONFIG, seed=5)
+    options = {"learning_rate": 2e-3, "seed": 5}
+    lstm.train(cached, inputs, targets, epochs=CONFIG.epochs, batch_size=32, **options)
+    _fit_compiled(plain, inputs, targets, **options)
+
+    assert [(t, t.train_function) for t in lstm._TRAINERS.values()] == [(warm, step)]
+    for got, want in zip(cached.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -74,9 +74,11 @@ def pool_env(prefect_server: str, pg_url: str, tmp_path: Path) -> dict[str, str]
 
 
 @contextmanager
-def two_workers(pool_env: dict[str, str], tmp_path: Path) -> Iterator[list[Path]]:
-    """Two `pricecast worker --limit 1` processes on the pool; stopped (their process groups,
-    flow runs and training processes included) at the end."""
+def two_workers(
+    pool_env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[list[Path], list[subprocess.Popen[bytes]]]]:
+    """Two `pricecast worker --limit 1` processes on the pool (their logs, the processes);
+    stopped (their process groups, flow runs and training processes included) at the end."""
     processes, logs = [], []
     for index in (1, 2):
         log = tmp_path / f"worker-{index}.log"
@@ -102,7 +104,7 @@ def two_workers(pool_env: dict[str, str], tmp_path: Path) -> Iterator[list[Path]
             )
         logs.append(log)
     try:
-        yield logs
+        yield logs, processes
     finally:
         for process in processes:
             if process.poll() is None:
@@ -167,7 +169,7 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
     assert scheduled["work_pool_name"] == pool
     assert scheduled["entrypoint"] == "flows.universe.flow.nightly_universe"
 
-    with two_workers(pool_env, tmp_path) as logs:
+    with two_workers(pool_env, tmp_path) as (logs, workers):
         wait_for(lambda: _online(api, pool) == 2, 120, "two workers online")
 
         first = cli(pool_env, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
@@ -203,7 +205,23 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
         # The rerun is another flow run of one of the workers: the same resident trained it.
         rerun_training = training_processes(pool_env["PRICECAST_DATABASE_URL"], [MISSING])
         assert set(rerun_training) <= set(first_training), (rerun_training, first_training)
+
+        # Stopped as `make down` or systemd stops them (SIGTERM): each worker ends, and its
+        # resident training process follows it.
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=60)
+        wait_for(lambda: not any(map(_running, first_training)), 30, "residents gone")
     api.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def training_processes(database_url: str, tickers: Sequence[str]) -> dict[int, bool]:
