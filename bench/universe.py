@@ -135,18 +135,74 @@ def tree_rss_mb(root: int) -> float:
     return sum(tree_rss(root).values())
 
 
+#: What a process is, for CPU seconds by kind: the first of these found in its command line.
+KINDS = (
+    ("flows.training", "training processes"),
+    ("prefect.engine", "flow-run processes (batches)"),
+    ("mlflow", "MLflow server"),
+    ("prefect worker", "Prefect workers"),
+    ("prefect", "Prefect server"),
+    ("postgres", "Postgres"),
+    ("bench/universe.py", "the bench (universe flow)"),
+)
+
+
+def _kind(pid: int) -> str:
+    """The process's kind; 'other: <command>' for one not in KINDS."""
+    with contextlib.suppress(OSError):
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        found = next((kind for key, kind in KINDS if key in command), None)
+        return found or f"other: {command[:50]}"
+    return "other"
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return None
+
+
 @dataclass
 class Sampler:
-    """Peak tree RSS of each worker, sampled in a thread."""
+    """Peak tree RSS of each worker, and the CPU seconds of every process on the machine by
+    kind, sampled in a thread (a process that lived for less than one sample is missed)."""
 
     workers: dict[str, int]
     peaks: dict[str, float] = field(default_factory=dict)
     #: Each worker's processes at its peak (MB by "pid command").
     at_peak: dict[str, dict[str, float]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    #: pid -> (kind, CPU seconds when first seen, when last seen); pids alive at the start begin
+    #: at their CPU seconds then, new ones at 0.
+    _cpu: dict[int, tuple[str, float, float]] = field(default_factory=dict)
+
+    def _sample_cpu(self, *, first: bool = False) -> None:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            pid = int(proc.name)
+            seconds = _cpu_seconds(pid)
+            if seconds is None:
+                continue
+            _, start, _ = self._cpu.get(pid) or ("", seconds if first else 0.0, 0.0)
+            # Its kind as of now: a new process is the command it forked from until it execs.
+            self._cpu[pid] = (_kind(pid), start, seconds)
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        """CPU seconds by kind; the others' below 0.5 s together as 'other'."""
+        totals: dict[str, float] = {}
+        for kind, start, last in self._cpu.values():
+            totals[kind] = totals.get(kind, 0.0) + max(0.0, last - start)
+        small = [k for k, v in totals.items() if k.startswith("other") and v < 0.5]
+        rest = sum(totals.pop(k) for k in small)
+        if rest:
+            totals["other"] = totals.get("other", 0.0) + rest
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
+            self._sample_cpu()
             for name, pid in self.workers.items():
                 sizes = tree_rss(pid)
                 if sum(sizes.values()) > self.peaks.get(name, 0.0):
@@ -155,6 +211,7 @@ class Sampler:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Sampler]:
+        self._sample_cpu(first=True)
         thread = threading.Thread(target=self._loop, daemon=True)
         thread.start()
         try:
@@ -162,6 +219,7 @@ class Sampler:
         finally:
             self._stop.set()
             thread.join()
+            self._sample_cpu()
 
 
 # ------------------------------------------------------------------ one phase
@@ -282,6 +340,7 @@ def run_phase(
         "first_night_end_seconds": (ends[0] - since).total_seconds() if ends else None,
         "steady_tickers_per_minute": steady_rate,
         "steady_efficiency": train / len(tickers) * steady_rate / 60,
+        "cpu_seconds_by_kind": {k: round(v, 1) for k, v in sampler.cpu_by_kind().items()},
         "peak_rss_mb": sampler.peaks,
         "processes_at_peak": sampler.at_peak,
         "training_processes": training_processes(nights),
@@ -305,6 +364,8 @@ def report(phase: dict[str, Any]) -> list[str]:
         f"{phase['steady_tickers_per_minute']:.2f} tickers/min, efficiency "
         f"{phase['steady_efficiency']:.2f} (steady state)"
     )
+    by_kind = phase["cpu_seconds_by_kind"].items()
+    lines.append("CPU seconds by process kind: " + ", ".join(f"{k} {s:.1f}" for k, s in by_kind))
     for name, peak in phase["peak_rss_mb"].items():
         lines.append(f"worker {name}: peak RSS of its process tree {peak:.0f} MB")
     for pid, process in phase["training_processes"].items():

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows.training.protocol import (
     JsonObject,
@@ -97,7 +97,7 @@ def _score_and_log(
             scoring.score(rest, roles)
         # On the loader's thread (idle by now): the chart renders while the last model's run
         # is logged, not after it.
-        chart = loader.submit(_log_comparison, job, scoring.passes)
+        chart = loader.submit(_log_comparison, job, scoring.passes, timings)
         mark = time.perf_counter()
         models = scoring.outcomes(order=[*job.strategies, "champion", "naive"])
         chart.result()
@@ -147,7 +147,7 @@ class _Scoring:
         by_name = {f.name: f for f in forecasters}
         for scored in result.candidates:
             self.logged[scored.name] = self.logger.submit(
-                _outcome,
+                self._timed_outcome,
                 self.job,
                 self.weeks,
                 self.daily,
@@ -156,6 +156,13 @@ class _Scoring:
                 by_name[scored.name],
                 roles[scored.name],
             )
+
+    def _timed_outcome(self, *args: Any) -> ModelOutcome:
+        """`_outcome`, its seconds in the timings as `log_<model>_seconds`."""
+        started = time.perf_counter()
+        outcome = _outcome(*args)
+        self.timings[f"log_{outcome.name}_seconds"] = time.perf_counter() - started
+        return outcome
 
     def held_out(self) -> BacktestResult:
         first = self.passes[0]
@@ -168,11 +175,15 @@ class _Scoring:
         return [self.logged[name].result() for name in order if name in self.logged]
 
 
-def _log_comparison(job: TrainingJob, passes: list[BacktestResult]) -> None:
+def _log_comparison(
+    job: TrainingJob, passes: list[BacktestResult], timings: dict[str, float]
+) -> None:
     """One chart of every model against the actuals, on the night's parent run."""
     from flows.tracking.candidate_run import log_comparison_chart
 
+    started = time.perf_counter()
     log_comparison_chart(job.tracking_uri, job.parent_run_id, passes)
+    timings["log_chart_seconds"] = time.perf_counter() - started
 
 
 def _candidate(job: TrainingJob, strategy: str, champion: LSTMForecaster | None) -> Forecaster:
