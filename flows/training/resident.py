@@ -348,33 +348,46 @@ def connect_resident(
     warm_imports: Sequence[str] = WARM_IMPORTS,
 ) -> ResidentWorker | None:
     """The worker's resident training process for this flow run, started if it is not running
-    (and the worker still is); None when another flow run has it or it cannot be reached (the
-    caller then starts a child of its own, and says nothing: that is how it ran before)."""
+    (and the worker still is); None when another flow run has it or it cannot be had. The caller
+    then starts a child of its own, as without a resident; why is printed (the flow run's log)."""
     path = Path(os.environ[SOCKET_ENV])
     owner = int(os.environ.get(OWNER_ENV) or 0)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock = open(_lock_path(path), "a")  # noqa: SIM115 - held for the connection's life
+    lock: IO[str] | None = None
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = open(_lock_path(path), "a")  # noqa: SIM115 - held for the connection's life
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        connection = _connect(path)
+        resident_log = log_path.with_name(LOG_NAME)
+        if connection is None and owner and _alive(owner):
+            start_resident(
+                path,
+                owner=owner,
+                log=resident_log,
+                max_jobs=max_jobs,
+                idle_seconds=idle_seconds,
+                warm_imports=warm_imports,
+            )
+            connection = _connect(path, wait_seconds=LISTEN_WAIT_SECONDS)
+            if connection is None:
+                raise OSError(
+                    f"it did not listen within {LISTEN_WAIT_SECONDS:g} s; see {resident_log}"
+                )
     except BlockingIOError:
-        lock.close()
-        print("the worker's training process is busy with another flow run: this one starts "
-              "its own (pricecast worker --limit > 1)")  # fmt: skip
-        return None
-    connection = _connect(path)
-    if connection is None and owner and _alive(owner):
-        start_resident(
-            path,
-            owner=owner,
-            log=log_path.with_name(LOG_NAME),
-            max_jobs=max_jobs,
-            idle_seconds=idle_seconds,
-            warm_imports=warm_imports,
-        )
-        connection = _connect(path, wait_seconds=LISTEN_WAIT_SECONDS)
+        why = "it is busy with another flow run of the worker (pricecast worker --limit > 1)"
+        connection = None
+    except OSError as exc:
+        why = f"{exc}"
+        connection = None
+    else:
+        why = "its worker is gone" if connection is None else ""
     if connection is None:
-        lock.close()
+        if lock is not None:
+            lock.close()
+        print(f"not using the worker's resident training process ({path}): {why}; this flow run "
+              "starts a training process of its own")  # fmt: skip
         return None
+    assert lock is not None
     return ResidentWorker(
         connection,
         lock,

@@ -193,14 +193,19 @@ def start_resident_training(settings: Settings, env: Mapping[str, str]) -> dict[
     path = socket_path(owner)
     variables = {SOCKET_ENV: str(path), OWNER_ENV: str(owner)}
     log = settings.resolved_home / "work" / "training-resident.log"
-    pid = start_resident(
-        path,
-        owner=owner,
-        log=log,
-        max_jobs=settings.training_worker_max_jobs,
-        idle_seconds=settings.training_worker_idle_seconds,
-        environ={**env, **variables},
-    )
+    try:
+        pid = start_resident(
+            path,
+            owner=owner,
+            log=log,
+            max_jobs=settings.training_worker_max_jobs,
+            idle_seconds=settings.training_worker_idle_seconds,
+            environ={**env, **variables},
+        )
+    except OSError as exc:  # the worker still runs: each flow run trains in its own process
+        print(f"warning: no resident training process ({exc}); each flow run of this worker "
+              "starts its own", file=sys.stderr)  # fmt: skip
+        return {}
     print(f"resident training process {pid} (TensorFlow imported once for every flow run of this "
           f"worker; PRICECAST_TRAINING_RESIDENT=false to turn off); its log: {log}")  # fmt: skip
     return variables

@@ -72,7 +72,33 @@ def test_a_flow_run_that_finds_the_resident_busy_starts_a_child_of_its_own(
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = _run(tmp_path, "busy")
     assert result.timings["worker_resident"] == 0.0
-    assert "busy with another flow run: this one starts its own" in capsys.readouterr().out
+    assert "it is busy with another flow run of the worker" in capsys.readouterr().out
+
+
+def test_a_flow_run_that_cannot_reach_its_workers_socket_starts_a_child_of_its_own(
+    tmp_path: Path,
+    owner: subprocess.Popen[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the socket's folder should be")
+    monkeypatch.setenv(resident.SOCKET_ENV, str(blocked / "training.sock"))
+    result = _run(tmp_path, "unreachable")
+    assert result.timings["worker_resident"] == 0.0
+    out = capsys.readouterr().out
+    assert f"not using the worker's resident training process ({blocked / 'training.sock'})" in out
+    assert "this flow run starts a training process of its own" in out
+
+
+def test_a_flow_run_whose_worker_is_gone_starts_a_child_of_its_own(
+    tmp_path: Path, owner: subprocess.Popen[bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    owner.kill()
+    owner.wait()
+    result = _run(tmp_path, "orphan")
+    assert result.timings["worker_resident"] == 0.0
+    assert "its worker is gone" in capsys.readouterr().out
 
 
 def test_a_resident_killed_in_a_job_is_one_line_and_the_next_run_gets_a_new_one(
