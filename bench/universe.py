@@ -185,9 +185,13 @@ class Sampler:
             seconds = _cpu_seconds(pid)
             if seconds is None:
                 continue
-            _, start, _ = self._cpu.get(pid) or ("", seconds if first else 0.0, 0.0)
-            # Its kind as of now: a new process is the command it forked from until it execs.
-            self._cpu[pid] = (_kind(pid), start, seconds)
+            known, start, _ = self._cpu.get(pid) or ("", seconds if first else 0.0, 0.0)
+            # Its kind as of now (a new process is the command it forked from until it execs),
+            # kept once known (an exiting process's command line reads empty).
+            kind = _kind(pid)
+            if kind.startswith("other") and known and not known.startswith("other"):
+                kind = known
+            self._cpu[pid] = (kind, start, seconds)
 
     def cpu_by_kind(self) -> dict[str, float]:
         """CPU seconds by kind; the others' below 0.5 s together as 'other'."""
