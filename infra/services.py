@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from pricecast.errors import ConfigError, PricecastError, ServiceUnavailable
+from pricecast.processes import process_alive
 from pricecast.settings import Settings, get_settings
 from pricecast.urls import mask_url
 
@@ -172,20 +173,6 @@ def find_venv_binary(name: str) -> Path:
     if found:
         return Path(found)
     raise ConfigError(f"{name!r} not found next to {sys.executable} or on PATH; run `make install`")
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is gone for our purposes.
-    with contextlib.suppress(OSError):
-        if "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
-            return False
-    return True
 
 
 def process_cmdline(pid: int) -> str:

@@ -43,10 +43,12 @@ from flows.training.worker import (
     JobCount,
     _send,
     serve_jobs,
+    training_command,
     training_env,
     warm_up,
 )
 from pricecast.errors import TrainingProcessDied
+from pricecast.processes import process_alive
 
 SOCKET_ENV = "PRICECAST_TRAINING_SOCKET"
 #: The pid of the `pricecast worker` the resident belongs to; it exits once that is gone.
@@ -68,20 +70,6 @@ def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie its parent has not reaped (a resident started by the
-    worker stays its child after it ends)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 # --- the worker's side --------------------------------------------------------------------------
 
 
@@ -99,21 +87,15 @@ def start_resident(
     background); its pid. Its output goes to `log`."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "flows.training",
+    command = training_command(
         "--listen",
         str(path),
         "--owner",
         str(owner),
-        "--max-jobs",
-        str(max(1, max_jobs)),
-        "--idle-seconds",
-        str(idle_seconds + IDLE_GRACE_SECONDS),
-        "--warm",
-        ",".join(warm_imports),
-    ]
+        max_jobs=max_jobs,
+        idle_seconds=idle_seconds + IDLE_GRACE_SECONDS,
+        warm_imports=warm_imports,
+    )
     detached = subprocess.run(
         [sys.executable, "-c", _DETACH, str(log), *command],
         stdin=subprocess.DEVNULL,
@@ -173,7 +155,7 @@ def listen(
         while not count.retiring:
             readable, _, _ = select.select([server], [], [], OWNER_CHECK_SECONDS)
             if not readable:
-                if not _alive(owner):
+                if not process_alive(owner):
                     say("its worker is gone: exiting")
                     _lock_path(path).unlink(missing_ok=True)
                     return 0
@@ -293,7 +275,7 @@ class ResidentWorker(JobChannel):
 
     def _died(self, activity: str, log: Path) -> TrainingProcessDied:
         self.close()
-        how = "closed its connection" if _alive(self._pid) else "ended"
+        how = "closed its connection" if process_alive(self._pid) else "ended"
         return TrainingProcessDied(
             f"the worker's resident training process (pid {self._pid}) {how} while {activity}; "
             f"its log: {log} (the resident's own: {self.log_path.with_name(LOG_NAME)}); "
@@ -359,7 +341,7 @@ def connect_resident(
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         connection = _connect(path)
         resident_log = log_path.with_name(LOG_NAME)
-        if connection is None and owner and _alive(owner):
+        if connection is None and owner and process_alive(owner):
             start_resident(
                 path,
                 owner=owner,

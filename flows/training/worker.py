@@ -185,18 +185,12 @@ class TrainingWorker(JobChannel):
         super().__init__(idle_seconds=idle_seconds, log_path=log_path, warm_imports=warm_imports)
         self.max_jobs = max(1, max_jobs)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "flows.training",
+        command = training_command(
             "--serve",
-            "--max-jobs",
-            str(self.max_jobs),
-            "--idle-seconds",
-            str(idle_seconds + idle_grace_seconds),
-            "--warm",
-            ",".join(self.warm_imports),
-        ]
+            max_jobs=self.max_jobs,
+            idle_seconds=idle_seconds + idle_grace_seconds,
+            warm_imports=self.warm_imports,
+        )
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command,
@@ -256,6 +250,24 @@ class TrainingWorker(JobChannel):
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=30)
+
+
+def training_command(
+    *mode: str, max_jobs: int, idle_seconds: float, warm_imports: Sequence[str]
+) -> list[str]:
+    """`python -m flows.training <mode> ...`: a training process's command line."""
+    return [
+        sys.executable,
+        "-m",
+        "flows.training",
+        *mode,
+        "--max-jobs",
+        str(max(1, max_jobs)),
+        "--idle-seconds",
+        str(idle_seconds),
+        "--warm",
+        ",".join(warm_imports),
+    ]
 
 
 def training_env(environ: Mapping[str, str]) -> dict[str, str]:

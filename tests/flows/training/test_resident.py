@@ -16,6 +16,7 @@ import pytest
 from flows.training import resident
 from flows.training.worker import shutdown_worker
 from pricecast.errors import TrainingProcessDied
+from pricecast.processes import process_alive
 from tests.flows.training.jobs import DYING_LINE
 from tests.flows.training.test_worker import (  # importable_tests: autouse here too
     _job_log,
@@ -39,7 +40,7 @@ def owner(monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen[bytes]]:
 
 def _wait_gone(pid: int, seconds: float = 20.0) -> bool:
     deadline = time.monotonic() + seconds
-    while resident._alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -54,7 +55,7 @@ def test_the_flow_runs_of_a_worker_share_its_resident_training_process(
     resident_pid = _pid(first)
     assert resident_pid != os.getpid()
     shutdown_worker()  # the first flow run ends: its resident stays
-    assert resident._alive(resident_pid)
+    assert process_alive(resident_pid)
     assert (tmp_path / "work" / resident.LOG_NAME).is_file()
 
     second = _run(tmp_path, "run-2")

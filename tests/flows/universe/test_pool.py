@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from pricecast.processes import process_alive
 from tests.flows.universe.scenario import (
     AS_OF,
     GOOD,
@@ -212,16 +213,8 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
             os.killpg(worker.pid, signal.SIGTERM)
         for worker in workers:
             worker.wait(timeout=60)
-        wait_for(lambda: not any(map(_running, first_training)), 30, "residents gone")
+        wait_for(lambda: not any(map(process_alive, first_training)), 30, "residents gone")
     api.close()
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def training_processes(database_url: str, tickers: Sequence[str]) -> dict[int, bool]:
