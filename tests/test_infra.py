@@ -150,6 +150,8 @@ def test_compose_services_reference_each_other_consistently() -> None:
     )
     assert worker["depends_on"]["deploy"]["condition"] == "service_completed_successfully"
     assert worker["restart"] == "unless-stopped" and deploy["restart"] == "no"
+    # An init as PID 1 adopts the worker's detached resident training process.
+    assert worker["init"] is True
 
 
 def test_dockerfile_copies_what_exists() -> None:
