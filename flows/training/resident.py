@@ -102,6 +102,8 @@ def start_resident(
         capture_output=True,
         text=True,
         env=training_env(os.environ if environ is None else environ),
+        # Not the caller's folder: a flow run's is a temporary one, gone when the run ends.
+        cwd=log.parent,
         check=False,
         timeout=60,
     )
