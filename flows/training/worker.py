@@ -9,6 +9,7 @@ after `max_jobs` jobs or when idle, so its memory goes back to the OS.
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import datetime as dt
@@ -78,7 +79,7 @@ class JobDone:
 # --- parent side --------------------------------------------------------------------------------
 
 
-class JobChannel:
+class JobChannel(abc.ABC):
     """The parent's side of one training process: one JSON line per job out, one 'ready' line when
     it has imported, one 'done' line per job back. `TrainingWorker` talks to a child of its own
     over pipes; `flows.training.resident.ResidentWorker` to the worker's resident process over a
@@ -97,8 +98,9 @@ class JobChannel:
     resident = False
 
     @property
+    @abc.abstractmethod
     def pid(self) -> int:
-        raise NotImplementedError
+        """The training process's pid."""
 
     @property
     def usable(self) -> bool:
@@ -152,20 +154,25 @@ class JobChannel:
         message: JsonObject = json.loads(line)
         return message
 
+    @abc.abstractmethod
     def _write(self, line: str) -> None:
-        raise NotImplementedError
+        """Send one protocol line."""
 
+    @abc.abstractmethod
     def _readable(self, timeout: float | None) -> bool:
-        raise NotImplementedError
+        """Whether a line (or the end) can be read within `timeout`."""
 
+    @abc.abstractmethod
     def _readline(self) -> str:
-        raise NotImplementedError
+        """The next protocol line; empty at the end."""
 
+    @abc.abstractmethod
     def _died(self, activity: str, log: Path) -> TrainingProcessDied:
-        raise NotImplementedError
+        """The one-line error for a process that ended while `activity`."""
 
+    @abc.abstractmethod
     def close(self, *, kill: bool = False) -> None:
-        raise NotImplementedError
+        """Let go of the process (`kill`: stop it first)."""
 
 
 class TrainingWorker(JobChannel):
