@@ -477,8 +477,13 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
             print("\n".join(report(phases[-1])), file=sys.stderr, flush=True)
     finally:
         if extra is not None and extra.poll() is None:
-            os.killpg(extra.pid, 15)
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            os.killpg(extra.pid, signal.SIGTERM)
+            try:
+                extra.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # as `services down` does with its worker
+                print("the second worker did not stop on SIGTERM within 30 s: SIGKILL",
+                      file=sys.stderr)  # fmt: skip
+                os.killpg(extra.pid, signal.SIGKILL)
                 extra.wait(timeout=30)
         with contextlib.redirect_stdout(sys.stderr):
             services.down(settings)

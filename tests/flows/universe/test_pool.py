@@ -207,12 +207,18 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
         rerun_training = training_processes(pool_env["PRICECAST_DATABASE_URL"], [MISSING])
         assert set(rerun_training) <= set(first_training), (rerun_training, first_training)
 
-        # Stopped as `make down` or systemd stops them (SIGTERM): each worker ends, and its
-        # resident training process follows it.
+        # Stopped as `make down`, systemd or Docker stop them: SIGTERM, SIGKILL if the Prefect
+        # worker is still there after a grace period. Each worker's resident training process
+        # (started detached, nobody's child) follows its worker either way.
         for worker in workers:
             os.killpg(worker.pid, signal.SIGTERM)
         for worker in workers:
-            worker.wait(timeout=60)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                print(f"worker {worker.pid} still running 60 s after SIGTERM: SIGKILL")
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
         wait_for(lambda: not any(map(process_alive, first_training)), 30, "residents gone")
     api.close()
 
