@@ -38,6 +38,7 @@ from typing import IO
 from flows.training.worker import (
     IDLE_GRACE_SECONDS,
     RERUN_HINT,
+    SOCKET_ENV,
     WARM_IMPORTS,
     JobChannel,
     JobCount,
@@ -50,7 +51,6 @@ from flows.training.worker import (
 from pricecast.errors import TrainingProcessDied
 from pricecast.processes import process_alive
 
-SOCKET_ENV = "PRICECAST_TRAINING_SOCKET"
 #: The pid of the `pricecast worker` the resident belongs to; it exits once that is gone.
 OWNER_ENV = "PRICECAST_TRAINING_OWNER"
 #: How often an idle resident checks that its worker is still there.
@@ -145,11 +145,20 @@ def listen(
     server.bind(str(path))
     server.listen(8)
     bound = path.stat().st_ino
-    say = _say(owner)
+
+    def stop_listening() -> None:
+        # Closed before the last answer goes out, so that the flow run's next connect finds
+        # nobody listening and starts a successor instead of reaching this process; the file is
+        # removed unless a successor's already replaced it.
+        server.close()
+        with contextlib.suppress(OSError):
+            if path.stat().st_ino == bound:
+                path.unlink()
+
     try:
         import_seconds = warm_up(warm_imports)
         traced = _warm_trainer()
-        say(f"ready on {path} after {import_seconds:.1f} s of imports" + traced)
+        _say(owner, f"ready on {path} after {import_seconds:.1f} s of imports" + traced)
         waiting, _, _ = select.select([server], [], [], 0)
         if not waiting:  # nobody waited for the imports: the first flow run pays nothing
             import_seconds = 0.0
@@ -158,29 +167,17 @@ def listen(
             readable, _, _ = select.select([server], [], [], OWNER_CHECK_SECONDS)
             if not readable:
                 if not process_alive(owner):
-                    say("its worker is gone: exiting")
+                    _say(owner, "its worker is gone: exiting")
                     _lock_path(path).unlink(missing_ok=True)
                     return 0
                 continue
             connection, _ = server.accept()
-
-            def stop_listening() -> None:
-                # Before the flow run learns this process is exiting, so that its next connect
-                # finds nobody listening and starts a successor instead of reaching this one.
-                server.close()
-                with contextlib.suppress(OSError):
-                    if path.stat().st_ino == bound:
-                        path.unlink()
-
             _serve_connection(connection, count, import_seconds, idle_seconds, stop_listening)
             import_seconds = 0.0  # only the first flow run waited for them
-        say(f"exiting after {count.done} job(s); the next flow run starts a new one")
+        _say(owner, f"exiting after {count.done} job(s); the next flow run starts a new one")
         return 0
     finally:
-        server.close()
-        with contextlib.suppress(OSError):
-            if path.stat().st_ino == bound:  # not a successor's socket
-                path.unlink()
+        stop_listening()
 
 
 def _warm_trainer() -> str:
@@ -219,13 +216,11 @@ def _serve_connection(
                 protocol.close()
 
 
-def _say(owner: int) -> Callable[[str], None]:
-    def say(text: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{stamp} resident training process {os.getpid()} (worker {owner}): {text}",
-              file=sys.stderr, flush=True)  # fmt: skip
-
-    return say
+def _say(owner: int, text: str) -> None:
+    """One timestamped line in the resident's log."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} resident training process {os.getpid()} (worker {owner}): {text}",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 # --- a flow run's side --------------------------------------------------------------------------
@@ -241,7 +236,6 @@ class ResidentWorker(JobChannel):
         connection: socket.socket,
         lock: IO[str],
         *,
-        path: Path,
         idle_seconds: float,
         log_path: Path,
         warm_imports: Sequence[str],
@@ -249,7 +243,6 @@ class ResidentWorker(JobChannel):
         super().__init__(idle_seconds=idle_seconds, log_path=log_path, warm_imports=warm_imports)
         self.connection: socket.socket | None = connection
         self.lock: IO[str] | None = lock
-        self.path = path
         self._in = connection.makefile("r")
         self._pid = _peer_pid(connection)
 
@@ -375,7 +368,6 @@ def connect_resident(
     return ResidentWorker(
         connection,
         lock,
-        path=path,
         idle_seconds=idle_seconds,
         log_path=log_path,
         warm_imports=warm_imports,

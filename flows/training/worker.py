@@ -62,6 +62,8 @@ KEPT_JOB_LOGS = 200
 #: TensorFlow from keeping ~28 MB per ticker's fits; this bounds whatever else grows.
 RETIRE_GROWTH = 0.15
 RERUN_HINT = "rerun the same --as-of to complete the night"
+#: Set by `pricecast worker` for its flow runs: the socket of its resident training process.
+SOCKET_ENV = "PRICECAST_TRAINING_SOCKET"
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,6 @@ class JobDone:
     code: int
     rss_mb: float
     job_seconds: float
-    pid: int = 0
     #: The process exits after this job: its last job, or its memory grew past RETIRE_GROWTH.
     retiring: bool = False
 
@@ -133,7 +134,6 @@ class JobChannel(abc.ABC):
             code=int(done["code"]),
             rss_mb=float(done["rss_mb"]),
             job_seconds=float(done["job_seconds"]),
-            pid=int(done.get("pid", self.pid)),
             retiring=self.retiring,
         )
 
@@ -335,7 +335,7 @@ def _resident_worker(
 ) -> JobChannel | None:
     """The resident training process of the `pricecast worker` this flow run runs under, if it
     has one (PRICECAST_TRAINING_SOCKET) and it is free; None: start a child of our own."""
-    if not os.environ.get("PRICECAST_TRAINING_SOCKET"):
+    if not os.environ.get(SOCKET_ENV):
         return None
     from flows.training.resident import connect_resident
 
@@ -427,7 +427,7 @@ def run_in_child(
             shutdown_worker()  # never reuse a worker in an unknown state
             raise
         jobs, import_seconds = worker.jobs, worker.import_seconds or 0.0
-        resident = worker.resident
+        resident, pid = worker.resident, worker.pid
     elapsed = time.perf_counter() - started
     payload = read_result(workdir)
     if payload is None:
@@ -442,7 +442,7 @@ def run_in_child(
         "worker_rss_mb": done.rss_mb,
         "job_seconds": done.job_seconds,
         "worker_jobs": float(jobs),
-        "worker_pid": float(done.pid),
+        "worker_pid": float(pid),
         # 1: the job ran in the `pricecast worker`'s resident training process.
         "worker_resident": 1.0 if resident else 0.0,
         # The first job of a worker waited for its imports (unless a prewarm hid them).
@@ -522,7 +522,6 @@ def serve_jobs(
                 "rss_mb": rss,
                 "job_seconds": time.perf_counter() - started,
                 "retiring": count.retiring,  # the parent needs another process for its next job
-                "pid": os.getpid(),
             },
         )
         if not count.retiring:

@@ -187,12 +187,18 @@ def start_resident_training(settings: Settings, env: Mapping[str, str]) -> dict[
     """Start this worker's resident training process (see `flows.training.resident`); the
     variables that lead its flow runs to it. This process becomes the Prefect worker, so its pid
     is the worker's."""
-    from flows.training.resident import OWNER_ENV, SOCKET_ENV, socket_path, start_resident
+    from flows.training.resident import (
+        LOG_NAME,
+        OWNER_ENV,
+        SOCKET_ENV,
+        socket_path,
+        start_resident,
+    )
 
     owner = os.getpid()
     path = socket_path(owner)
     variables = {SOCKET_ENV: str(path), OWNER_ENV: str(owner)}
-    log = settings.resolved_home / "work" / "training-resident.log"
+    log = settings.resolved_home / "work" / LOG_NAME
     try:
         pid = start_resident(
             path,
