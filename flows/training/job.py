@@ -5,12 +5,13 @@ Runs inside the training worker (`flows.training.worker`), where TensorFlow is a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flows.training.protocol import (
     JsonObject,
@@ -21,6 +22,8 @@ from flows.training.protocol import (
     read_closes,
     read_job,
 )
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,9 +88,8 @@ def _score_and_log(
         if independent:
             candidates = [_candidate(job, s, None) for s in independent]
             scoring.score(candidates, dict.fromkeys(independent, "candidate"))
-        mark = time.perf_counter()
-        champion = champion_load.result()[0] if champion_load is not None else None
-        timings["load_champion_wait_seconds"] = time.perf_counter() - mark
+        with _timed(timings, "load_champion_wait_seconds"):
+            champion = champion_load.result()[0] if champion_load is not None else None
         rest = [_candidate(job, s, champion) for s in dependent]
         roles: dict[str, ModelRole] = dict.fromkeys(dependent, "candidate")
         if champion is not None:
@@ -97,11 +99,12 @@ def _score_and_log(
             scoring.score(rest, roles)
         # On the loader's thread (idle by now): the chart renders while the last model's run
         # is logged, not after it.
-        chart = loader.submit(_log_comparison, job, scoring.passes, timings)
-        mark = time.perf_counter()
-        models = scoring.outcomes(order=[*job.strategies, "champion", "naive"])
-        chart.result()
-        timings["logging_wait_seconds"] = time.perf_counter() - mark
+        chart = loader.submit(
+            _timed_call, timings, "log_chart_seconds", _log_comparison, job, scoring.passes
+        )
+        with _timed(timings, "logging_wait_seconds"):
+            models = scoring.outcomes(order=[*job.strategies, "champion", "naive"])
+            chart.result()
     return scoring.held_out(), models
 
 
@@ -132,22 +135,22 @@ class _Scoring:
     def score(self, forecasters: list[Forecaster], roles: Mapping[str, ModelRole]) -> None:
         from forecasting.backtest import backtest
 
-        mark = time.perf_counter()
-        result = backtest(
-            self.weeks,
-            as_of=dt.date.fromisoformat(self.job.as_of),
-            candidates=forecasters,
-            holdout_weeks=self.job.holdout_weeks,
-            window_weeks=self.window_weeks,
-        )
-        self.timings["backtest_seconds"] = self.timings.get("backtest_seconds", 0.0) + (
-            time.perf_counter() - mark
-        )
+        with _timed(self.timings, "backtest_seconds"):
+            result = backtest(
+                self.weeks,
+                as_of=dt.date.fromisoformat(self.job.as_of),
+                candidates=forecasters,
+                holdout_weeks=self.job.holdout_weeks,
+                window_weeks=self.window_weeks,
+            )
         self.passes.append(result)
         by_name = {f.name: f for f in forecasters}
         for scored in result.candidates:
             self.logged[scored.name] = self.logger.submit(
-                self._timed_outcome,
+                _timed_call,
+                self.timings,
+                f"log_{scored.name}_seconds",
+                _outcome,
                 self.job,
                 self.weeks,
                 self.daily,
@@ -156,13 +159,6 @@ class _Scoring:
                 by_name[scored.name],
                 roles[scored.name],
             )
-
-    def _timed_outcome(self, *args: Any) -> ModelOutcome:
-        """`_outcome`, its seconds in the timings as `log_<model>_seconds`."""
-        started = time.perf_counter()
-        outcome = _outcome(*args)
-        self.timings[f"log_{outcome.name}_seconds"] = time.perf_counter() - started
-        return outcome
 
     def held_out(self) -> BacktestResult:
         first = self.passes[0]
@@ -175,15 +171,27 @@ class _Scoring:
         return [self.logged[name].result() for name in order if name in self.logged]
 
 
-def _log_comparison(
-    job: TrainingJob, passes: list[BacktestResult], timings: dict[str, float]
-) -> None:
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the block's seconds to `timings[key]` (any thread; each key has one writer)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - started
+
+
+def _timed_call(timings: dict[str, float], key: str, function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)`, timed as `timings[key]` (for a helper thread's work)."""
+    with _timed(timings, key):
+        return function(*args)
+
+
+def _log_comparison(job: TrainingJob, passes: list[BacktestResult]) -> None:
     """One chart of every model against the actuals, on the night's parent run."""
     from flows.tracking.candidate_run import log_comparison_chart
 
-    started = time.perf_counter()
     log_comparison_chart(job.tracking_uri, job.parent_run_id, passes)
-    timings["log_chart_seconds"] = time.perf_counter() - started
 
 
 def _candidate(job: TrainingJob, strategy: str, champion: LSTMForecaster | None) -> Forecaster:

@@ -126,6 +126,11 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
     # The actual closes of the forecast week are stored, but they come after as_of.
     assert first["realised"]["days"] == 0
     assert set(first["timings"]) >= {"total_seconds", "train_seconds", "child_seconds"}
+    # The child's parts, each timed where it ran: the passes, each model's run (on the logging
+    # thread), the chart (on the loader's) and the wait for them after the last pass.
+    parts = {f"child_{k}_seconds" for k in ("backtest", "log_naive", "log_fresh", "log_chart")}
+    assert parts | {"child_logging_wait_seconds"} <= set(first["timings"]), first["timings"]
+    assert all(first["timings"][k] > 0 for k in parts)
 
     client = _mlflow()
     parent = client.get_run(first["mlflow"]["parent_run_id"])
