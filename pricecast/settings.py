@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     # How often a worker asks for runs (Prefect's PREFECT_WORKER_QUERY_SECONDS, default 10 s,
     # wins when set): batch runs start sooner, at a few requests a second for the server.
     worker_query_seconds: float = Field(default=5.0, gt=0)
+    # How often `pricecast serve` checks that the Prefect API answers (it says when it stops).
+    serve_health_seconds: float = Field(default=15.0, gt=0)
     training_resident: bool = Field(
         default=True,
         description=(

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,64 +119,78 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 PREFECT_SERVER_START_TIMEOUT = 180.0
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """API URL of one real `prefect server start` (UI on) shared by the session's tests.
+class PrefectServer:
+    """One real `prefect server start` (UI on) on `port`, with its own PREFECT_HOME and SQLite
+    file under `home`, so nothing touches the user's Prefect state; stopped and started again on
+    the same port and database by the tests of a server that goes away."""
 
-    It listens on a free port with its own PREFECT_HOME and SQLite file, so nothing touches the
-    user's Prefect state; the UI is at the same URL without `/api`.
-    """
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
+    def __init__(self, home: Path, port: int) -> None:
+        self.home, self.port = home, port
+        self.url = f"http://127.0.0.1:{port}/api"  # the UI is at the same URL without /api
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
-    import httpx
+    def start(self) -> str:
+        import httpx
 
-    home = tmp_path_factory.mktemp("prefect-server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        # The UI learns the API's address from these settings, not from --port.
-        "PREFECT_UI_API_URL": url,
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-    }
-    log_path = home / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "prefect"), "server", "start",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
+        database = f"sqlite+aiosqlite:///{self.home / 'prefect.db'}"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": database,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            # The UI learns the API's address from these settings, not from --port.
+            "PREFECT_UI_API_URL": self.url,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
+        }
+        self.starts += 1
+        log_path = self.home / f"server-{self.starts}.log"
+        with log_path.open("wb") as log:
+            self.process = process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "prefect"), "server", "start",
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + PREFECT_SERVER_START_TIMEOUT
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self.url
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise AssertionError(
-                    f"prefect server on port {port} did not start (exit code "
+                    f"prefect server on port {self.port} did not start (exit code "
                     f"{process.poll()}); its log:\n{log_path.read_text()[-3000:]}"
                 )
             time.sleep(1.0)
-        yield url
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """API URL of one real Prefect server (`PrefectServer`) shared by the session's tests."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"), free_port())
+    try:
+        yield server.start()
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        server.stop()

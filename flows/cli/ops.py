@@ -32,7 +32,8 @@ def serve_command(
 
     Each ticker appears in the Prefect UI as deployment nightly/nightly-<TICKER> with its
     schedule. Runs started from the UI or the API (e.g. with parameters {"as_of": "2017-11-12"})
-    are picked up too. Stop with Ctrl-C (the schedules are paused until you serve again).
+    are picked up too. Stop with Ctrl-C or SIGTERM (the schedules are paused until you serve
+    again). If the Prefect server goes away, serve says so and goes on until it is back.
     """
     from flows.schedule.serve import serve_nightly
 

@@ -2,12 +2,19 @@
 
 The deployments appear in the Prefect UI with their schedule; this process picks up their runs
 (scheduled, or started from the UI/API) and executes each in a subprocess of its own.
+
+While it serves, a watch asks the API's /health now and then and says in one line when the API
+stops answering (no run is picked up meanwhile; Prefect's runner keeps trying) and when it is
+back. On Ctrl-C or SIGTERM it pauses the schedules itself: with one quick health check first, so
+a server that is gone means an immediate, clear error instead of a minute of retries.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from pricecast.errors import ConfigError, ServiceUnavailable
@@ -39,18 +46,91 @@ def check_prefect_api(url: str | None, *, timeout: float = 10.0) -> str:
             "Start one (`make up`, or `prefect server start`) and "
             "export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
+    problem = api_problem(url, timeout=timeout)
+    if problem:
+        raise ServiceUnavailable(
+            f"the Prefect API at {url} is not answering ({problem}); "
+            "start it with `make up` (or `prefect server start`) or fix PREFECT_API_URL"
+        )
+    return url
+
+
+def api_problem(url: str, *, timeout: float) -> str | None:
+    """Why the Prefect API at `url` does not answer its /health ("ConnectError: ..."); None when
+    it does."""
     import httpx
 
-    health = url.rstrip("/") + "/health"
     try:
-        response = httpx.get(health, timeout=timeout)
-        response.raise_for_status()
+        httpx.get(url.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _say(message: str) -> None:
+    print(f"pricecast serve: {message}", file=sys.stderr, flush=True)
+
+
+class ApiWatch:
+    """A daemon thread that checks the API's /health every `every` seconds and says, once each,
+    when it stops answering and when it answers again."""
+
+    def __init__(
+        self, url: str, *, every: float, say: Callable[[str], None] = _say, timeout: float = 5.0
+    ) -> None:
+        self.url, self.every, self.say, self.timeout = url, every, say, timeout
+        self.down = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pricecast-api-watch", daemon=True)
+
+    def __enter__(self) -> ApiWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.timeout + 1)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            problem = api_problem(self.url, timeout=self.timeout)
+            if problem and not self.down:
+                self.say(
+                    f"the Prefect API at {self.url} stopped answering ({problem}); no run is "
+                    "picked up until it is back, and serving goes on trying. Start it again "
+                    "(`make up`, or `prefect server start`)."
+                )
+            elif not problem and self.down:
+                self.say(
+                    f"the Prefect API at {self.url} answers again; serving goes on. (Prefect "
+                    "stops watching for cancellations after an outage: restart serve to cancel "
+                    "runs from the UI.)"
+                )
+            self.down = problem is not None
+
+
+def pause_schedules(url: str, names: Sequence[str], *, timeout: float = 5.0) -> None:
+    """Pause the served deployments' schedules (`flow/deployment` names), so the server does not
+    schedule runs that nothing executes; ServiceUnavailable at once if the API is gone."""
+    listed = ", ".join(names)
+    problem = api_problem(url, timeout=timeout)
+    if problem is None:
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                for name in names:
+                    client.pause_deployment(client.read_deployment_by_name(name).id)
+        except Exception as exc:  # the server went away in between, or refused
+            problem = f"{type(exc).__name__}: {exc}"
+    if problem:
         raise ServiceUnavailable(
-            f"the Prefect API at {url} is not answering ({type(exc).__name__}: {exc}); "
-            "start it with `make up` (or `prefect server start`) or fix PREFECT_API_URL"
-        ) from exc
-    return url
+            f"stopped serving, but the Prefect API at {url} is not answering ({problem}), so "
+            f"the schedule of {listed} is still on: once the server is back it schedules runs "
+            "that nothing executes (they turn Late). Then serve again (Ctrl-C pauses it) "
+            "or pause it in the Prefect UI (Deployments)."
+        )
+    _say(f"stopped; paused the schedule of {listed} (`pricecast serve` again resumes it).")
 
 
 def validate_schedule(cron: str, timezone: str) -> None:
@@ -121,10 +201,21 @@ def serve_nightly(
 
     `limit` caps concurrent runs: each trained night takes about 1 GB in its training process.
     """
-    check_prefect_api(prefect_api_url())
+    url = check_prefect_api(prefect_api_url())
     deployments = build_deployments(
         tickers, source=source, cron=cron, timezone=timezone, parameters=parameters
     )
     from prefect import serve
 
-    serve(*deployments, limit=limit)
+    from pricecast.settings import get_settings
+
+    with ApiWatch(url, every=get_settings().serve_health_seconds):
+        # Returns on Ctrl-C; on SIGTERM Prefect's runner exits with code 0. Prefect's own pause
+        # on shutdown retries for about a minute when the server is gone; pause_schedules checks
+        # first.
+        try:
+            serve(*deployments, limit=limit, pause_on_shutdown=False)
+        except SystemExit as stop:
+            if stop.code not in (0, None):
+                raise
+    pause_schedules(url, [f"nightly/{d.name}" for d in deployments])

@@ -1,6 +1,7 @@
 """`pricecast serve`: clear errors without a Prefect API, and against the session's real Prefect
 server (`prefect_server` in tests/conftest.py): the deployment appears with its cron schedule and
-a run created through the API completes.
+a run created through the API completes. Against a server of its own that goes away and comes
+back: serve says so, goes on, and stops quickly and clearly whether or not the server is there.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,14 +29,9 @@ from flows.schedule.serve import (
 from pricecast.errors import ConfigError, ServiceUnavailable
 from storage.db import make_engine, session_scope
 from storage.runs import get_run
+from tests.conftest import PrefectServer, free_port
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------ errors, no server needed
@@ -153,11 +148,11 @@ def test_served_deployment_has_cron_and_runs_what_the_api_starts(
         assert deployment["parameters"] == {"ticker": ticker, "source": "synthetic"}
 
         as_of = "2024-03-10"
-        created = api.post(
+        created = _post_retrying_503(
+            api,
             f"/deployments/{deployment['id']}/create_flow_run",
             json={"parameters": {"as_of": as_of}},
         )
-        created.raise_for_status()
         run_id = created.json()["id"]
         final = wait_for(lambda: _finished(api, run_id), 420, f"flow run {run_id}", serve)
         assert final["state"]["type"] == "COMPLETED", (final["state"], log_path.read_text()[-3000:])
@@ -177,6 +172,18 @@ def test_served_deployment_has_cron_and_runs_what_the_api_starts(
         api.close()
 
 
+def _post_retrying_503(api: httpx.Client, path: str, *, json: dict) -> httpx.Response:
+    """POST as Prefect's own client does: a 503 (the server's SQLite busy with the scheduler's
+    writes, "retry") is retried."""
+    for _ in range(10):
+        response = api.post(path, json=json)
+        if response.status_code != 503:
+            break
+        time.sleep(1.0)
+    response.raise_for_status()
+    return response
+
+
 def _deployment(api: httpx.Client, name: str) -> dict | None:
     response = api.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}})
     response.raise_for_status()
@@ -190,3 +197,94 @@ def _finished(api: httpx.Client, run_id: str) -> dict | None:
 
 
 _FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+# ------------------------------------------------------------------ the server goes away
+
+
+def _start_serve(env: dict[str, str], log_path: Path, ticker: str) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "pricecast"), "serve", "--ticker", ticker,
+             "--source", "synthetic"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _paused(url: str, ticker: str) -> bool | None:
+    """The ticker's deployment's `paused`; None while it does not exist (or the API does not
+    answer)."""
+    try:
+        with httpx.Client(base_url=url, timeout=5) as api:
+            found = _deployment(api, deployment_name(ticker))
+    except httpx.HTTPError:
+        return None
+    return None if found is None else bool(found["paused"])
+
+
+def _stop(serve: subprocess.Popen[bytes], how: signal.Signals) -> tuple[int, float]:
+    """Send `how` to serve (as Ctrl-C or a supervisor would); its exit code and seconds taken."""
+    started = time.monotonic()
+    serve.send_signal(how)
+    code = serve.wait(timeout=60)
+    return code, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_serve_through_a_server_outage_and_stop_with_or_without_it(
+    tmp_path: Path, isolated_home: Path
+) -> None:
+    server = PrefectServer(tmp_path / "prefect-server-of-its-own", free_port())
+    server.home.mkdir()
+    url = server.start()
+    ticker = "SERVE-DOWN"
+    name = f"nightly/{deployment_name(ticker)}"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": url,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PRICECAST_HOME": str(isolated_home),
+        "PRICECAST_SERVE_HEALTH_SECONDS": "1",
+    }
+    log_path = tmp_path / "serve.log"
+    log = lambda: log_path.read_text(errors="replace")  # noqa: E731
+    serve = _start_serve(env, log_path, ticker)
+    try:
+        wait_for(lambda: _paused(url, ticker) is False, 120, f"deployment {name}", serve)
+
+        # The server goes away: one line says so and serving goes on; then it is back.
+        server.stop()
+        wait_for(lambda: "stopped answering" in log(), 30, "the outage line", serve)
+        assert f"pricecast serve: the Prefect API at {url} stopped answering" in log()
+        server.start()
+        wait_for(lambda: "answers again" in log(), 30, "the line it is back", serve)
+        assert serve.poll() is None, log()[-3000:]
+
+        # Ctrl-C with the server there: the schedule is paused, exit 0.
+        code, seconds = _stop(serve, signal.SIGINT)
+        assert code == 0, log()[-3000:]
+        assert f"stopped; paused the schedule of {name}" in log()
+        assert _paused(url, ticker) is True
+
+        # Serving again resumes it; SIGTERM (a supervisor's stop) pauses it too.
+        serve = _start_serve(env, log_path, ticker)
+        wait_for(lambda: _paused(url, ticker) is False, 120, "the schedule resumed", serve)
+        code, seconds = _stop(serve, signal.SIGTERM)
+        assert code == 0 and _paused(url, ticker) is True, log()[-3000:]
+
+        # Ctrl-C after the server went away: at once, one clear error, exit 1 (Prefect's own
+        # pause retried for about a minute, then failed with a traceback).
+        serve = _start_serve(env, log_path, ticker)
+        wait_for(lambda: _paused(url, ticker) is False, 120, "the schedule resumed", serve)
+        server.stop()
+        code, seconds = _stop(serve, signal.SIGINT)
+        assert code == 1, log()[-3000:]
+        assert seconds < 20, seconds
+        last = log().rstrip().splitlines()[-1]
+        assert last.startswith(
+            f"error: stopped serving, but the Prefect API at {url} is not answering"
+        ), last
+        assert f"the schedule of {name} is still on" in last
+    finally:
+        _stop_group(serve)
+        server.stop()
