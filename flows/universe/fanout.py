@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from uuid import UUID
 
+from flows.schedule.serve import prefect_api_url as api_url
 from flows.universe.plan import Member, NightParams
 from pricecast.errors import ConfigError
 
@@ -63,13 +64,6 @@ class BatchRun:
             return f'batch run "{self.name}" {self.message or "did not end"}'
         detail = f": {self.message}" if self.message else ""
         return f'batch run "{self.name}" ended {self.state_name}{detail}'
-
-
-def api_url() -> str | None:
-    """PREFECT_API_URL as Prefect resolves it; None means its ephemeral in-process API."""
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value() or None
 
 
 def deployment_exists(name: str) -> bool:

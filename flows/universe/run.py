@@ -4,10 +4,36 @@ outcome whether or not some failed; the caller exits non-zero when `failed` is n
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 
 from flows.universe.report import UniverseBackfill, UniverseResult
+from pricecast.errors import ServiceUnavailable
 from pricecast.settings import apply_prefect_defaults
+
+
+@contextlib.contextmanager
+def prefect_api_lost(what: str, rerun: str) -> Iterator[None]:
+    """A connection error while the Prefect server does not answer (it went away during the run)
+    is one line that says what to do, not `unexpected ConnectError`."""
+    import httpx
+
+    try:
+        yield
+    except (httpx.HTTPError, ConnectionError) as exc:
+        from flows.schedule.serve import api_problem, prefect_api_url
+        from pricecast.urls import mask_url
+
+        url = prefect_api_url()
+        problem = api_problem(url, timeout=5.0) if url else None
+        if problem is None:  # the API answers (or is in-process): not an outage
+            raise
+        raise ServiceUnavailable(
+            f"lost the Prefect API at {mask_url(url or '')} during {what} ({problem}). What "
+            "the workers already started may finish or fail; the rest waits for the server. "
+            f"Once it is back, rerun `{rerun}`: it skips the nights already done"
+        ) from exc
 
 
 def run_universe(
@@ -26,20 +52,23 @@ def run_universe(
     """One `nightly-universe` flow run as of `as_of` (default: yesterday, UTC); see the flow."""
     apply_prefect_defaults()
     from flows.universe.flow import UniverseFailed, nightly_universe
+    from forecasting.calendar import yesterday_utc
 
+    as_of = as_of or yesterday_utc()  # fixed here: the rerun the error names is this night
     try:
-        return nightly_universe(
-            as_of=as_of,
-            tickers=tickers,
-            where=where,
-            pool=pool,
-            holdout_weeks=holdout_weeks,
-            strategies=strategies,
-            epochs=epochs,
-            seed=seed,
-            force=force,
-            window_weeks=window_weeks,
-        )
+        with prefect_api_lost("the universe night", f"pricecast nightly --all --as-of {as_of}"):
+            return nightly_universe(
+                as_of=as_of,
+                tickers=tickers,
+                where=where,
+                pool=pool,
+                holdout_weeks=holdout_weeks,
+                strategies=strategies,
+                epochs=epochs,
+                seed=seed,
+                force=force,
+                window_weeks=window_weeks,
+            )
     except UniverseFailed as failed:
         assert isinstance(failed.result, UniverseResult)
         return failed.result
@@ -63,16 +92,18 @@ def backfill_universe(
     from flows.universe.flow import UniverseFailed, backfill_universe_flow
 
     dates = backfill_dates(start, end, every)
+    rerun = f"pricecast backfill --all --start {start} --end {end} --every {every}"
     try:
-        return backfill_universe_flow(
-            dates=dates,
-            every=every,
-            tickers=tickers,
-            where=where,
-            pool=pool,
-            seed=0 if seed is None else seed,  # the single-ticker backfill's default too
-            epochs=epochs,
-        )
+        with prefect_api_lost("the universe backfill", rerun):
+            return backfill_universe_flow(
+                dates=dates,
+                every=every,
+                tickers=tickers,
+                where=where,
+                pool=pool,
+                seed=0 if seed is None else seed,  # the single-ticker backfill's default too
+                epochs=epochs,
+            )
     except UniverseFailed as failed:
         assert isinstance(failed.result, UniverseBackfill)
         return failed.result

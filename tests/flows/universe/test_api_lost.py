@@ -1,0 +1,90 @@
+"""A universe night whose Prefect server goes away while it waits for its batch runs: a real
+`prefect server` of the test's own (stopped by the test), the pool from `pricecast deploy`, no
+worker (so the batch waits), and a real `pricecast nightly --all` process. It ends with one
+`error:` line naming the server and the rerun, exit 1, and nothing of the night kept as done."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage.db import make_engine, session_scope
+from storage.runs import get_run
+from tests.conftest import PrefectServer, free_port
+
+pytestmark = pytest.mark.slow
+
+PRICECAST = Path(sys.executable).parent / "pricecast"
+AS_OF = "2021-06-27"
+
+
+def test_universe_night_that_loses_its_prefect_server_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    server = PrefectServer(tmp_path / "prefect-server-of-its-own", free_port())
+    server.home.mkdir()
+    url = server.start()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": url,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PRICECAST_HOME": str(tmp_path / "home"),
+        "PRICECAST_UNIVERSE_POLL_SECONDS": "1",
+        # Prefect's client retries a refused connection for about a minute per call; once is
+        # enough to see what the user gets.
+        "PREFECT_CLIENT_MAX_RETRIES": "1",
+    }
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(PRICECAST), *argv], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    try:
+        assert cli("deploy", "--pool", "lost").returncode == 0
+        assert cli("universe", "add", "LOST-A", "--source", "synthetic:1").returncode == 0
+        log_path = tmp_path / "night.log"
+        with log_path.open("wb") as log:
+            night = subprocess.Popen(
+                [str(PRICECAST), "nightly", "--all", "--as-of", AS_OF, "--where", "pool",
+                 "--pool", "lost"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while "Scheduled" not in log_path.read_text(errors="replace"):
+            assert night.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+
+        server.stop()
+        code = night.wait(timeout=600)
+        output = log_path.read_text(errors="replace")
+        assert code == 1, output[-3000:]
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert errors == [
+            f"error: lost the Prefect API at {url} during the universe night (ConnectError: "
+            "[Errno 111] Connection refused). What the workers already started may finish or "
+            "fail; the rest waits for the server. Once it is back, rerun `pricecast nightly "
+            f"--all --as-of {AS_OF}`: it skips the nights already done"
+        ], output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
+
+        # Nothing of the night is kept as done: the rerun the line names runs the ticker.
+        engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'pricecast.db'}")
+        try:
+            with session_scope(engine) as session:
+                row = get_run(session, ticker="LOST-A", as_of=dt.date.fromisoformat(AS_OF))
+                assert row is None or row.status != "done", row.status
+        finally:
+            engine.dispose()
+    finally:
+        if "night" in locals() and night.poll() is None:
+            night.kill()
+            night.wait(timeout=30)
+        server.stop()
