@@ -130,7 +130,7 @@ def run_demo(
     for line in scoreboard_lines(tonight):
         echo(line)
     echo("")
-    from flows.schedule.serve import prefect_api_url
+    from flows.prefect_api import prefect_api_url
 
     for line in ui_commands(
         mlflow_uri=settings.resolved_mlflow_uri, prefect_api_url=prefect_api_url()

@@ -95,11 +95,22 @@ def nightly_command(
     source = source or "synthetic"
     from flows.cli.logs import quiet_prefect_console
     from flows.night.flow import nightly
+    from flows.prefect_api import prefect_api_lost
+    from forecasting.calendar import yesterday_utc
 
     quiet_prefect_console()
+    night = night or yesterday_utc()  # fixed here: the rerun a lost Prefect server names
+    rerun = f"pricecast nightly --ticker {ticker} --source {source} --as-of {night}"
     # With --json, stdout carries only the JSON: MLflow prints run links to stdout when it
     # talks to a server, so everything else goes to stderr while the flow runs.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with (
+        contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(),
+        prefect_api_lost(
+            f"the night of {ticker}",
+            rerun,
+            rerun_does="a night already trained does not train again",
+        ),
+    ):
         result = nightly(
             ticker=ticker,
             as_of=night,

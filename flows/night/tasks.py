@@ -436,11 +436,21 @@ def artifact_key(ticker: str) -> str:
 
 def publish_report(result: NightResult) -> None:
     """The night's markdown artifact, on the flow run itself (called from the flow, not a task,
-    so the Prefect UI shows it on the run's Artifacts tab), keyed per ticker for its history."""
+    so the Prefect UI shows it on the run's Artifacts tab), keyed per ticker for its history.
+
+    A Prefect API that stopped answering costs the report, never the night: its models, promotion
+    and forecast are stored by now, so it is still recorded done (with a warning)."""
+    import httpx
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(
-        markdown=markdown(result),
-        key=artifact_key(result.ticker),
-        description=f"nightly {result.ticker} as of {result.as_of}",
-    )
+    try:
+        create_markdown_artifact(
+            markdown=markdown(result),
+            key=artifact_key(result.ticker),
+            description=f"nightly {result.ticker} as of {result.as_of}",
+        )
+    except (httpx.HTTPError, ConnectionError) as exc:
+        print(
+            f"warning: the night's report was not published to Prefect ({type(exc).__name__}: "
+            f"{exc}); the night itself is stored (pricecast forecast, the MLflow runs)"
+        )

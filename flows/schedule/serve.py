@@ -17,6 +17,7 @@ import zoneinfo
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from flows.prefect_api import api_problem, prefect_api_url
 from pricecast.errors import ConfigError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -29,13 +30,6 @@ DEFAULT_TIMEZONE = "UTC"
 def deployment_name(ticker: str) -> str:
     """`nightly-BTC-USD`: the flow is `nightly`, so the UI shows `nightly/nightly-BTC-USD`."""
     return f"nightly-{ticker}"
-
-
-def prefect_api_url() -> str | None:
-    """PREFECT_API_URL as Prefect itself resolves it (environment or active profile)."""
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value() or None
 
 
 def check_prefect_api(url: str | None, *, timeout: float = 10.0) -> str:
@@ -53,18 +47,6 @@ def check_prefect_api(url: str | None, *, timeout: float = 10.0) -> str:
             "start it with `make up` (or `prefect server start`) or fix PREFECT_API_URL"
         )
     return url
-
-
-def api_problem(url: str, *, timeout: float) -> str | None:
-    """Why the Prefect API at `url` does not answer its /health ("ConnectError: ..."); None when
-    it does."""
-    import httpx
-
-    try:
-        httpx.get(url.rstrip("/") + "/health", timeout=timeout).raise_for_status()
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def _say(message: str) -> None:

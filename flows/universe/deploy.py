@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, cast
 
+from flows.prefect_api import prefect_api_url
 from flows.schedule.serve import (
     DEFAULT_CRON,
     DEFAULT_TIMEZONE,
     check_prefect_api,
-    prefect_api_url,
     validate_schedule,
 )
 from flows.universe.fanout import batch_deployment, universe_deployment

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from uuid import UUID
 
-from flows.schedule.serve import prefect_api_url as api_url
+from flows.prefect_api import prefect_api_url as api_url
 from flows.universe.plan import Member, NightParams
 from pricecast.errors import ConfigError
 

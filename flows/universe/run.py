@@ -4,36 +4,16 @@ outcome whether or not some failed; the caller exits non-zero when `failed` is n
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 
+from flows.prefect_api import prefect_api_lost
 from flows.universe.report import UniverseBackfill, UniverseResult
-from pricecast.errors import ServiceUnavailable
 from pricecast.settings import apply_prefect_defaults
 
-
-@contextlib.contextmanager
-def prefect_api_lost(what: str, rerun: str) -> Iterator[None]:
-    """A connection error while the Prefect server does not answer (it went away during the run)
-    is one line that says what to do, not `unexpected ConnectError`."""
-    import httpx
-
-    try:
-        yield
-    except (httpx.HTTPError, ConnectionError) as exc:
-        from flows.schedule.serve import api_problem, prefect_api_url
-        from pricecast.urls import mask_url
-
-        url = prefect_api_url()
-        problem = api_problem(url, timeout=5.0) if url else None
-        if problem is None:  # the API answers (or is in-process): not an outage
-            raise
-        raise ServiceUnavailable(
-            f"lost the Prefect API at {mask_url(url or '')} during {what} ({problem}). What "
-            "the workers already started may finish or fail; the rest waits for the server. "
-            f"Once it is back, rerun `{rerun}`: it skips the nights already done"
-        ) from exc
+#: What a lost Prefect server means for the batch runs of a universe night.
+WORKERS_NOTE = (
+    "What the workers already started may finish or fail; the rest waits for the server. "
+)
 
 
 def run_universe(
@@ -56,7 +36,9 @@ def run_universe(
 
     as_of = as_of or yesterday_utc()  # fixed here: the rerun the error names is this night
     try:
-        with prefect_api_lost("the universe night", f"pricecast nightly --all --as-of {as_of}"):
+        with prefect_api_lost(
+            "the universe night", f"pricecast nightly --all --as-of {as_of}", note=WORKERS_NOTE
+        ):
             return nightly_universe(
                 as_of=as_of,
                 tickers=tickers,
@@ -94,7 +76,7 @@ def backfill_universe(
     dates = backfill_dates(start, end, every)
     rerun = f"pricecast backfill --all --start {start} --end {end} --every {every}"
     try:
-        with prefect_api_lost("the universe backfill", rerun):
+        with prefect_api_lost("the universe backfill", rerun, note=WORKERS_NOTE):
             return backfill_universe_flow(
                 dates=dates,
                 every=every,
