@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -170,14 +171,43 @@ class PrefectServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        if process is not None:
+            stop_group(process)
+
+
+T = TypeVar("T")
+
+
+def stop_group(process: subprocess.Popen[bytes], *, grace: float = 30.0) -> None:
+    """Stop a process started with `start_new_session=True` and its group as a supervisor does:
+    SIGTERM, then SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+) -> T:
+    """`check()`'s first truthy value, asked every second; AssertionError after `timeout` or
+    when `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what}: the process exited early with code {process.returncode}")
+        time.sleep(1.0)
+    raise AssertionError(f"{what}: not ready within {timeout:.0f} s")
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from flows.prefect_api import api_problem, prefect_api_url
 from pricecast.errors import ConfigError, ServiceUnavailable
+from pricecast.urls import mask_url
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -61,6 +62,7 @@ class ApiWatch:
         self, url: str, *, every: float, say: Callable[[str], None] = _say, timeout: float = 5.0
     ) -> None:
         self.url, self.every, self.say, self.timeout = url, every, say, timeout
+        self.shown = mask_url(url)
         self.down = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pricecast-api-watch", daemon=True)
@@ -78,13 +80,13 @@ class ApiWatch:
             problem = api_problem(self.url, timeout=self.timeout)
             if problem and not self.down:
                 self.say(
-                    f"the Prefect API at {self.url} stopped answering ({problem}); no run is "
+                    f"the Prefect API at {self.shown} stopped answering ({problem}); no run is "
                     "picked up until it is back, and serving goes on trying. Start it again "
                     "(`make up`, or `prefect server start`)."
                 )
             elif not problem and self.down:
                 self.say(
-                    f"the Prefect API at {self.url} answers again; serving goes on. (Prefect "
+                    f"the Prefect API at {self.shown} answers again; serving goes on. (Prefect "
                     "stops watching for cancellations after an outage: restart serve to cancel "
                     "runs from the UI.)"
                 )
@@ -94,24 +96,29 @@ class ApiWatch:
 def pause_schedules(url: str, names: Sequence[str], *, timeout: float = 5.0) -> None:
     """Pause the served deployments' schedules (`flow/deployment` names), so the server does not
     schedule runs that nothing executes; ServiceUnavailable at once if the API is gone."""
-    listed = ", ".join(names)
+    listed, shown = ", ".join(names), mask_url(url)
+    still_on = (
+        f"so the schedule of {listed} is still on: once the server answers it schedules runs "
+        "that nothing executes (they turn Late). Then serve again (Ctrl-C pauses it) or pause it "
+        "in the Prefect UI (Deployments)."
+    )
     problem = api_problem(url, timeout=timeout)
-    if problem is None:
-        from prefect.client.orchestration import get_client
-
-        try:
-            with get_client(sync_client=True) as client:
-                for name in names:
-                    client.pause_deployment(client.read_deployment_by_name(name).id)
-        except Exception as exc:  # the server went away in between, or refused
-            problem = f"{type(exc).__name__}: {exc}"
     if problem:
         raise ServiceUnavailable(
-            f"stopped serving, but the Prefect API at {url} is not answering ({problem}), so "
-            f"the schedule of {listed} is still on: once the server is back it schedules runs "
-            "that nothing executes (they turn Late). Then serve again (Ctrl-C pauses it) "
-            "or pause it in the Prefect UI (Deployments)."
+            f"stopped serving, but the Prefect API at {shown} is not answering ({problem}), "
+            + still_on
         )
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            for name in names:
+                client.pause_deployment(client.read_deployment_by_name(name).id)
+    except Exception as exc:  # the server went away in between, or refused
+        raise ServiceUnavailable(
+            f"stopped serving, but pausing at the Prefect API at {shown} failed "
+            f"({type(exc).__name__}: {exc}), " + still_on
+        ) from exc
     _say(f"stopped; paused the schedule of {listed} (`pricecast serve` again resumes it).")
 
 

@@ -12,14 +12,13 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from storage.db import make_engine, session_scope
 from storage.runs import get_run
-from tests.conftest import PrefectServer, free_port
+from tests.conftest import PrefectServer, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -69,11 +68,7 @@ def test_night_that_loses_its_prefect_server_fails_in_one_line_and_reruns(
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 180
-        while not fault.exists():
-            assert night.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_for(fault.exists, 180, "the night at its plan step", night)
 
         server.stop()
         fault.unlink()

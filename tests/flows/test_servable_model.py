@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from forecasting.intervals import IntervalCalibration, calibrate_intervals
 from forecasting.model import LSTMConfig
 from forecasting.synthetic import synthetic_prices
 from forecasting.weeks import DAY_COLUMNS, group_iso_weeks
+from tests.conftest import stop_group
 
 MODEL = "pricecast-SYN"
 CHAMPION_URI = f"models:/{MODEL}@champion"
@@ -362,9 +362,4 @@ def test_mlflow_models_serve_answers_with_the_forecast(logged: Logged, champion)
         assert status == 400
         assert "a gap in the closes: no close for 2022-05-22" in str(body["message"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        stop_group(server, grace=20)

@@ -12,9 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
@@ -29,10 +27,7 @@ from flows.schedule.serve import (
 from pricecast.errors import ConfigError, ServiceUnavailable
 from storage.db import make_engine, session_scope
 from storage.runs import get_run
-from tests.conftest import PrefectServer, free_port
-
-T = TypeVar("T")
-
+from tests.conftest import PrefectServer, free_port, stop_group, wait_for
 
 # ------------------------------------------------------------------ errors, no server needed
 
@@ -89,33 +84,6 @@ def test_cli_server_down_exits_1_with_one_line(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ against a real server
 
 
-def wait_for(
-    check: Callable[[], T | None],
-    timeout: float,
-    what: str,
-    process: subprocess.Popen[bytes] | None = None,
-) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"{what} exited early with code {process.returncode}")
-        time.sleep(1.0)
-    raise AssertionError(f"{what}: not ready within {timeout:.0f} s")
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_served_deployment_has_cron_and_runs_what_the_api_starts(
     prefect_server: str, tmp_path: Path, isolated_home: Path
@@ -168,7 +136,7 @@ def test_served_deployment_has_cron_and_runs_what_the_api_starts(
         finally:
             engine.dispose()
     finally:
-        _stop_group(serve)
+        stop_group(serve)
         api.close()
 
 
@@ -286,5 +254,5 @@ def test_serve_through_a_server_outage_and_stop_with_or_without_it(
         ), last
         assert f"the schedule of {name} is still on" in last
     finally:
-        _stop_group(serve)
+        stop_group(serve)
         server.stop()

@@ -9,14 +9,13 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from storage.db import make_engine, session_scope
 from storage.runs import get_run
-from tests.conftest import PrefectServer, free_port
+from tests.conftest import PrefectServer, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +55,12 @@ def test_universe_night_that_loses_its_prefect_server_says_so_in_one_line(
                  "--pool", "lost"],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while "Scheduled" not in log_path.read_text(errors="replace"):
-            assert night.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_for(
+            lambda: "Scheduled" in log_path.read_text(errors="replace"),
+            120,
+            "the batch run waiting for a worker",
+            night,
+        )
 
         server.stop()
         code = night.wait(timeout=600)
