@@ -243,6 +243,19 @@ def batches_of(universe_run_id: str) -> list[tuple[str, list[str], Any]]:
     return [(r.name, r.name.split(": ", 1)[1].split(", "), r) for r in runs if ": " in r.name]
 
 
+def state_times(flow_run_id: uuid.UUID, since: dt.datetime) -> dict[str, float]:
+    """When the flow run entered each of its states (Scheduled, Pending: a worker took it,
+    Running: its process started the flow), in seconds after `since`."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(flow_run_id)
+    return {
+        str(state.name): round((state.timestamp - since).total_seconds(), 2)
+        for state in sorted(states, key=lambda s: s.timestamp)
+    }
+
+
 def nights_of(database_url: str, tickers: list[str], as_of: dt.date) -> dict[str, Any]:
     """ticker -> its night's row (started_at, finished_at, timings), detached."""
     from storage.db import make_engine, session_scope
@@ -317,6 +330,8 @@ def run_phase(
     batch_runs = [
         {
             "batch": name,
+            "created": (run.created - since).total_seconds() if run.created else None,
+            "states": state_times(run.id, since),
             "start": (run.start_time - since).total_seconds() if run.start_time else None,
             "end": (run.end_time - since).total_seconds() if run.end_time else None,
         }

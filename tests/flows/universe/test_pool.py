@@ -169,6 +169,10 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
     assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * *"]
     assert scheduled["work_pool_name"] == pool
     assert scheduled["entrypoint"] == "flows.universe.flow.nightly_universe"
+    # Prefect's engine directly (no workspace supervisor process), by the workers' `python`.
+    batch_deployment = api.get(f"/deployments/name/nightly-batch/{pool}").json()
+    for deployment in (scheduled, batch_deployment):
+        assert deployment["job_variables"] == {"command": "python -m prefect.engine"}
 
     with two_workers(pool_env, tmp_path) as (logs, workers):
         wait_for(lambda: _online(api, pool) == 2, 120, "two workers online")
