@@ -158,9 +158,19 @@ def _not_run_error(ticker: str, execution: Execution) -> str:
     if lane is not None and lane.error:
         return lane.error
     batch = execution.batch_of(ticker)
+    if batch is not None and batch.state_type == "CRASHED":
+        return f"the night did not run: {batch.describe_end()}; {CRASHED_BATCH_HINT}"
     if batch is not None:
         return f"the night did not run: {batch.describe_end()}; rerun the same --as-of"
     return "the night did not run; rerun the same --as-of"
+
+
+#: What to do about a batch run whose process ended before this ticker's night began.
+CRASHED_BATCH_HINT = (
+    "the log of the worker that ran it says why (a worker runs `python -m prefect.engine` with "
+    "the first `python` on its PATH, which must have pricecast installed: start workers with "
+    "`pricecast worker`, or from the project's virtualenv); then rerun the same --as-of"
+)
 
 
 def night_outcomes(

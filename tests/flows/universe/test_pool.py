@@ -76,12 +76,13 @@ def pool_env(prefect_server: str, pg_url: str, tmp_path: Path) -> dict[str, str]
 
 @contextmanager
 def two_workers(
-    pool_env: dict[str, str], tmp_path: Path
+    pool_env: dict[str, str], tmp_path: Path, *, count: int = 2
 ) -> Iterator[tuple[list[Path], list[subprocess.Popen[bytes]]]]:
-    """Two `pricecast worker --limit 1` processes on the pool (their logs, the processes);
-    stopped (their process groups, flow runs and training processes included) at the end."""
+    """`count` (two) `pricecast worker --limit 1` processes on the pool (their logs, the
+    processes); stopped (their process groups, flow runs and training processes included) at
+    the end."""
     processes, logs = [], []
-    for index in (1, 2):
+    for index in range(1, count + 1):
         log = tmp_path / f"worker-{index}.log"
         with log.open("wb") as out:
             processes.append(
@@ -242,3 +243,49 @@ def training_processes(database_url: str, tickers: Sequence[str]) -> dict[int, b
         engine.dispose()
     assert len(timings) == len(tickers), timings
     return {int(t["child_worker_pid"]): t.get("child_worker_resident") == 1.0 for t in timings}
+
+
+def test_a_worker_whose_python_lacks_pricecast_is_named_in_the_error(
+    pool_env: dict[str, str], tmp_path: Path, prefect_server: str
+) -> None:
+    """A plain `prefect worker start` whose PATH leads to another `python` (no pricecast there):
+    the batch run crashes before any night; the ticker's error says where to look and what to
+    do, nothing is recorded as done, and the night runs once a right worker takes the rerun."""
+    pool = pool_env["PRICECAST_WORKER_POOL"]
+    assert cli(pool_env, "universe", "add", "WRONG-PY", "--source", "synthetic:3").returncode == 0
+    assert cli(pool_env, "deploy", timeout=300).returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    python = elsewhere / "python"  # as an interpreter without Prefect or pricecast answers
+    python.write_text('#!/bin/sh\necho "python: No module named prefect" >&2\nexit 1\n')
+    python.chmod(0o755)
+    env = {**pool_env, "PATH": f"{elsewhere}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+    prefect = Path(sys.executable).parent / "prefect"
+    log = tmp_path / "plain-worker.log"
+    api = httpx.Client(base_url=prefect_server, timeout=30)
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [str(prefect), "worker", "start", "--pool", pool, "--type", "process"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: _online(api, pool) == 1, 120, "the plain worker online")
+        night = cli(pool_env, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
+        assert night.returncode == 1, night.stderr[-3000:] + log.read_text()[-3000:]
+        (ticker,) = _json(night)["tickers"]
+        assert ticker["status"] == "failed" and not ticker["trained"]
+        assert "ended Crashed" in ticker["error"], ticker["error"]
+        assert "the log of the worker that ran it says why" in ticker["error"]
+        assert "start workers with `pricecast worker`" in ticker["error"]
+        assert "No module named prefect" in log.read_text()
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+
+    with two_workers(pool_env, tmp_path, count=1) as (logs, _):
+        wait_for(lambda: _online(api, pool) >= 1, 120, "a pricecast worker online")
+        again = cli(pool_env, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
+        assert again.returncode == 0, again.stderr[-3000:] + logs[0].read_text()[-2000:]
+        (ticker,) = _json(again)["tickers"]
+        assert (ticker["status"], ticker["trained"]) == ("done", True), ticker
+    api.close()
