@@ -6,15 +6,21 @@ The deployments appear in the Prefect UI with their schedule; this process picks
 While it serves, a watch asks the API's /health now and then and says in one line when the API
 stops answering (no run is picked up meanwhile; Prefect's runner keeps trying) and when it is
 back. On Ctrl-C or SIGTERM it pauses the schedules itself: with one quick health check first, so
-a server that is gone means an immediate, clear error instead of a minute of retries.
+a server that is gone means an immediate, clear error instead of a minute of retries. A SIGTERM
+that comes while the deployments are still being registered is held until Prefect's runner
+serves them, then stops it the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 import threading
 import zoneinfo
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from flows.prefect_api import api_problem, prefect_api_url
@@ -91,6 +97,43 @@ class ApiWatch:
                     "runs from the UI.)"
                 )
             self.down = problem is not None
+
+
+@contextlib.contextmanager
+def sigterm_deferred_until_serving(poll_seconds: float = 0.05) -> Iterator[None]:
+    """A SIGTERM that comes while Prefect registers the deployments (before its runner takes
+    SIGTERM over, in `Runner.start`) is held, and sent again once the runner serves, so the stop
+    pauses schedules that are surely registered. Without this it killed serve outright in that
+    window (exit -15) and left the schedules on. Only from the main thread (signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if not held:
+            _say("SIGTERM while the deployments are being registered: stopping once they are.")
+        held.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, hold)
+    done = threading.Event()
+
+    def resend_once_serving() -> None:
+        while not done.wait(poll_seconds):
+            if signal.getsignal(signal.SIGTERM) is not hold:  # Prefect's runner took it over
+                if held:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    watcher = threading.Thread(target=resend_once_serving, name="pricecast-serve-sigterm")
+    watcher.daemon = True
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def pause_schedules(url: str, names: Sequence[str], *, timeout: float = 5.0) -> None:
@@ -198,7 +241,7 @@ def serve_nightly(
 
     from pricecast.settings import get_settings
 
-    with ApiWatch(url, every=get_settings().serve_health_seconds):
+    with ApiWatch(url, every=get_settings().serve_health_seconds), sigterm_deferred_until_serving():
         # Returns on Ctrl-C; on SIGTERM Prefect's runner exits with code 0. Prefect's own pause
         # on shutdown retries for about a minute when the server is gone; pause_schedules checks
         # first.

@@ -19,7 +19,7 @@ from flows.schedule.serve import (
     check_prefect_api,
     validate_schedule,
 )
-from flows.universe.fanout import batch_deployment, universe_deployment
+from flows.universe.fanout import ENGINE_COMMAND, batch_deployment, universe_deployment
 from pricecast.errors import ConfigError
 from pricecast.settings import Settings, get_settings
 
@@ -27,12 +27,6 @@ if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
 POOL_TYPE = "process"
-#: The command a worker runs for each flow run of our deployments: Prefect's engine, by the
-#: `python` first on the worker's PATH (`pricecast worker` puts its own interpreter there).
-#: Naming it skips the workspace supervisor a process worker starts when no command is set, a
-#: second Python process that imports Prefect only to prepare a workspace we do not use (no pull
-#: steps: the package is installed), which cost ~1.5 s and as much CPU per batch run.
-ENGINE_COMMAND = "python -m prefect.engine"
 
 
 @dataclass

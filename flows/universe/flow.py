@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from flows.universe.batch import Lane, lane_runner, parallel_nights, run_lanes
 from flows.universe.fanout import (
+    ENGINE_COMMAND,
     BatchRun,
     api_url,
     batch_deployment,
@@ -167,9 +168,10 @@ def _not_run_error(ticker: str, execution: Execution) -> str:
 
 #: What to do about a batch run whose process ended before this ticker's night began.
 CRASHED_BATCH_HINT = (
-    "the log of the worker that ran it says why (a worker runs `python -m prefect.engine` with "
-    "the first `python` on its PATH, which must have pricecast installed: start workers with "
-    "`pricecast worker`, or from the project's virtualenv); then rerun the same --as-of"
+    "the log of the worker that ran it says why (if it says `No module named prefect` or "
+    f"`flows`, that worker's `python` is not the project's: workers run `{ENGINE_COMMAND}` with "
+    "the first `python` on their PATH; start them with `pricecast worker`, or from the "
+    "project's virtualenv); then rerun the same --as-of"
 )
 
 

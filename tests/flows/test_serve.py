@@ -22,6 +22,7 @@ from flows.schedule.serve import (
     build_deployments,
     check_prefect_api,
     deployment_name,
+    sigterm_deferred_until_serving,
     validate_schedule,
 )
 from pricecast.errors import ConfigError, ServiceUnavailable
@@ -41,6 +42,38 @@ def test_server_down_is_service_unavailable() -> None:
     url = f"http://127.0.0.1:{free_port()}/api"
     with pytest.raises(ServiceUnavailable, match=f"Prefect API at {url} is not answering"):
         check_prefect_api(url, timeout=2)
+
+
+def test_a_sigterm_while_registering_is_held_until_the_runner_serves(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGTERM before Prefect's runner took it over (in Runner.start) killed serve with the
+    schedules on; now it is held and sent again to the runner's own handler, once."""
+    before = signal.getsignal(signal.SIGTERM)
+    runner_got: list[int] = []
+    with sigterm_deferred_until_serving(poll_seconds=0.01):
+        os.kill(os.getpid(), signal.SIGTERM)  # registering: held (this process lives on)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        assert runner_got == []
+        signal.signal(signal.SIGTERM, lambda signum, frame: runner_got.append(signum))
+        deadline = time.monotonic() + 5
+        while not runner_got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+    assert runner_got == [signal.SIGTERM]  # once, however many came while registering
+    assert signal.getsignal(signal.SIGTERM) is before
+    err = capsys.readouterr().err
+    assert err.count("SIGTERM while the deployments are being registered: stopping once") == 1
+
+
+def test_without_a_sigterm_nothing_is_sent_and_the_handler_is_restored() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    runner_got: list[int] = []
+    with sigterm_deferred_until_serving(poll_seconds=0.01):
+        signal.signal(signal.SIGTERM, lambda signum, frame: runner_got.append(signum))
+        time.sleep(0.1)
+    assert runner_got == [] and signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.parametrize(

@@ -276,7 +276,7 @@ def test_a_worker_whose_python_lacks_pricecast_is_named_in_the_error(
         assert ticker["status"] == "failed" and not ticker["trained"]
         assert "ended Crashed" in ticker["error"], ticker["error"]
         assert "the log of the worker that ran it says why" in ticker["error"]
-        assert "start workers with `pricecast worker`" in ticker["error"]
+        assert "start them with `pricecast worker`" in ticker["error"]
         assert "No module named prefect" in log.read_text()
     finally:
         os.killpg(worker.pid, signal.SIGTERM)

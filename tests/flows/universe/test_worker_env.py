@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.universe.deploy import ENGINE_COMMAND, worker_env
+from flows.universe.deploy import worker_env
+from flows.universe.fanout import ENGINE_COMMAND
 from pricecast.settings import Settings
 
 
