@@ -58,6 +58,8 @@ OWNER_CHECK_SECONDS = 2.0
 #: How long a flow run waits for a resident it started to listen.
 LISTEN_WAIT_SECONDS = 15.0
 LOG_NAME = "training-resident.log"
+#: How long a flow run whose resident's connection ended waits for that process to be gone.
+ENDING_WAIT_SECONDS = 3.0
 
 
 def socket_path(owner: int) -> Path:
@@ -270,7 +272,11 @@ class ResidentWorker(JobChannel):
 
     def _died(self, activity: str, log: Path) -> TrainingProcessDied:
         self.close()
-        how = "closed its connection" if process_alive(self._pid) else "ended"
+        # A killed process's connection can end a moment before its listening socket closes:
+        # wait for it to be gone, so that the next flow run's connect does not reach a listener
+        # that is dying (it then starts a successor) and the line says what happened.
+        ended = _gone_within(self._pid, ENDING_WAIT_SECONDS)
+        how = "ended" if ended else "closed its connection"
         return TrainingProcessDied(
             f"the worker's resident training process (pid {self._pid}) {how} while {activity}; "
             f"its log: {log} (the resident's own: {self.log_path.with_name(LOG_NAME)}); "
@@ -289,6 +295,16 @@ class ResidentWorker(JobChannel):
         if self.lock is not None:
             self.lock.close()  # releases the flock: the next flow run may connect
             self.lock = None
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    """Whether process `pid` is gone (or a zombie) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while process_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _peer_pid(connection: socket.socket) -> int:
