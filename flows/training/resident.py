@@ -49,7 +49,7 @@ from flows.training.worker import (
     warm_up,
 )
 from pricecast.errors import TrainingProcessDied
-from pricecast.processes import process_alive
+from pricecast.processes import gone_within, process_alive
 
 #: The pid of the `pricecast worker` the resident belongs to; it exits once that is gone.
 OWNER_ENV = "PRICECAST_TRAINING_OWNER"
@@ -275,7 +275,7 @@ class ResidentWorker(JobChannel):
         # A killed process's connection can end a moment before its listening socket closes:
         # wait for it to be gone, so that the next flow run's connect does not reach a listener
         # that is dying (it then starts a successor) and the line says what happened.
-        ended = _gone_within(self._pid, ENDING_WAIT_SECONDS)
+        ended = gone_within(self._pid, ENDING_WAIT_SECONDS)
         how = "ended" if ended else "closed its connection"
         return TrainingProcessDied(
             f"the worker's resident training process (pid {self._pid}) {how} while {activity}; "
@@ -295,16 +295,6 @@ class ResidentWorker(JobChannel):
         if self.lock is not None:
             self.lock.close()  # releases the flock: the next flow run may connect
             self.lock = None
-
-
-def _gone_within(pid: int, seconds: float) -> bool:
-    """Whether process `pid` is gone (or a zombie) within `seconds`."""
-    deadline = time.monotonic() + seconds
-    while process_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _peer_pid(connection: socket.socket) -> int:

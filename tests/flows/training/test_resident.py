@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from flows.training import resident
 from flows.training.worker import shutdown_worker
 from pricecast.errors import TrainingProcessDied
-from pricecast.processes import process_alive
+from pricecast.processes import gone_within, process_alive
 from tests.flows.training.jobs import DYING_LINE
 from tests.flows.training.test_worker import (  # importable_tests: autouse here too
     _job_log,
@@ -36,15 +35,6 @@ def owner(monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen[bytes]]:
     shutdown_worker()
     process.kill()
     process.wait()
-
-
-def _wait_gone(pid: int, seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while process_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_the_flow_runs_of_a_worker_share_its_resident_training_process(
@@ -127,7 +117,7 @@ def test_a_stuck_job_in_the_resident_is_stopped_after_its_timeout(
     pid = _pid(_run(tmp_path, "before"))
     with pytest.raises(TrainingProcessDied, match=r"did not finish training TICK .* within 1 s"):
         _run(tmp_path, "TICK-stuck", "stuck", timeout_seconds=1.0)
-    assert _wait_gone(pid, 5)
+    assert gone_within(pid, 5, poll=0.1)
 
 
 def test_a_resident_at_its_last_job_hands_over_to_a_successor(
@@ -135,7 +125,7 @@ def test_a_resident_at_its_last_job_hands_over_to_a_successor(
 ) -> None:
     pids = [_pid(_run(tmp_path, f"job-{i}", max_jobs=2)) for i in range(3)]
     assert pids[0] == pids[1] != pids[2]
-    assert _wait_gone(pids[0])
+    assert gone_within(pids[0], 20.0, poll=0.1)
 
 
 def test_the_resident_exits_when_its_worker_is_gone(
@@ -145,6 +135,6 @@ def test_the_resident_exits_when_its_worker_is_gone(
     shutdown_worker()
     owner.kill()
     owner.wait()
-    assert _wait_gone(pid, resident.OWNER_CHECK_SECONDS * 5)
+    assert gone_within(pid, resident.OWNER_CHECK_SECONDS * 5, poll=0.1)
     assert not resident.socket_path(owner.pid).exists()
     assert "its worker is gone: exiting" in (tmp_path / "work" / resident.LOG_NAME).read_text()

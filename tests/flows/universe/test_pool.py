@@ -9,17 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
 from pricecast.processes import process_alive
+from tests.conftest import wait_for
 from tests.flows.universe.scenario import (
     AS_OF,
     GOOD,
@@ -33,17 +33,6 @@ from tests.flows.universe.scenario import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[3]
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def cli(env: dict[str, str], *argv: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
