@@ -140,6 +140,7 @@ KINDS = (
     ("flows.training", "training processes"),
     ("prefect.engine", "flow-run processes (batches)"),
     ("mlflow", "MLflow server"),
+    ("flows.universe.pool_worker", "Prefect workers"),
     ("prefect worker", "Prefect workers"),
     ("prefect", "Prefect server"),
     ("postgres", "Postgres"),

@@ -182,7 +182,9 @@ def worker_command(
     its own, with this environment: PRICECAST_DATABASE_URL, MLFLOW_TRACKING_URI and
     PREFECT_API_URL must point at the shared services. See them under Work Pools in the UI.
     Their trainings go to one training process it starts beside it and keeps across runs
-    (TensorFlow imported once; PRICECAST_TRAINING_RESIDENT=false: one per run).
+    (TensorFlow imported once; PRICECAST_TRAINING_RESIDENT=false: one per run). A Prefect
+    server outage does not end it: when Prefect's worker gives up, it waits for the API and
+    starts the worker again under the same name.
     """
     from flows.universe.deploy import exec_worker
     from pricecast.settings import get_settings

@@ -130,9 +130,9 @@ def deploy(
 
 
 def worker_argv(pool: str, *, limit: int | None, name: str | None) -> list[str]:
-    """`prefect worker start` for the pool, from the same environment as this interpreter."""
-    prefect = Path(sys.executable).parent / "prefect"
-    argv = [str(prefect), "worker", "start", "--pool", pool, "--type", POOL_TYPE]
+    """Prefect's process worker for the pool, run by `flows.universe.pool_worker` on this
+    interpreter (it outlives a Prefect server outage, which `prefect worker start` does not)."""
+    argv = [sys.executable, "-m", "flows.universe.pool_worker", "--pool", pool]
     if limit is not None:
         argv += ["--limit", str(limit)]
     argv += ["--name", name or f"pricecast-{socket.gethostname()}-{os.getpid()}"]
@@ -173,7 +173,8 @@ def local_store_warnings(settings: Settings) -> list[str]:
 
 
 def exec_worker(*, pool: str, limit: int | None, name: str | None = None) -> NoReturn:
-    """Replace this process with a Prefect worker for `pool` (Ctrl-C stops it)."""
+    """Replace this process with a Prefect worker for `pool` (`flows.universe.pool_worker`;
+    Ctrl-C stops it)."""
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     settings = get_settings()

@@ -1,0 +1,97 @@
+"""A `pricecast worker` through a Prefect server outage that Prefect's own worker does not survive:
+a real `prefect server` of the test's own, stopped until Prefect's worker gives up (its client's
+retries off and a poll every 0.5 s: about a minute instead of a quarter of an hour), then started
+again on the same port and database. The same worker process, under the same name, takes the
+next universe night and trains it in the resident training process it started before the
+outage."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PrefectServer, free_port, wait_for
+from tests.flows.nightly_data import trend_prices, write_csv
+from tests.flows.universe.scenario import AS_OF, SMALL_ENV
+from tests.flows.universe.test_pool import _json, _online, cli, training_processes, two_workers
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+def test_a_worker_outlives_a_prefect_outage_and_takes_the_next_night(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    server = PrefectServer(tmp_path / "prefect-server-of-its-own", free_port())
+    server.home.mkdir()
+    url = server.start()
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=mlflow_uri).search_experiments()  # its schema, before the worker
+    pool = f"outage-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        **SMALL_ENV,
+        "PREFECT_API_URL": url,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PRICECAST_HOME": str(tmp_path / "home"),
+        "PRICECAST_DATABASE_URL": pg_url,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "PRICECAST_WORKER_POOL": pool,
+        "PRICECAST_UNIVERSE_POLL_SECONDS": "1",
+        # Prefect's worker gives up after four rounds of three failed polls, the wait doubling
+        # each round; each failed call first retries for about a minute by default.
+        "PREFECT_CLIENT_MAX_RETRIES": "0",
+        "PREFECT_WORKER_QUERY_SECONDS": "0.5",
+    }
+    api = httpx.Client(base_url=url, timeout=30)
+    try:
+        source = write_csv(tmp_path / "OUT-A.csv", trend_prices())
+        assert cli(env, "universe", "add", "OUT-A", "--source", f"csv:{source}").returncode == 0
+        assert cli(env, "deploy", "--pool", pool, timeout=300).returncode == 0
+
+        with two_workers(env, tmp_path, count=1) as ([log], [worker]):
+            wait_for(lambda: _online(api, pool) == 1, 120, "the worker online", worker)
+            found = re.search(r"resident training process (\d+)", log.read_text())
+            assert found, log.read_text()[-3000:]
+            resident = int(found.group(1))
+
+            server.stop()
+            wait_for(lambda: "gave up" in log.read_text(), 300, "Prefect's worker to give up")
+            assert worker.poll() is None, log.read_text()[-3000:]
+            text = log.read_text()
+            assert f"the Prefect API at {url} stopped answering" in text
+            assert "waiting for the API to answer again" in text
+
+            server.start()
+            wait_for(
+                lambda: (
+                    "answers again" in log.read_text() and log.read_text().count("started!") == 2
+                ),
+                120,
+                "the worker started again",
+                worker,
+            )
+            wait_for(lambda: _online(api, pool) == 1, 60, "the worker online again", worker)
+            names = [w["name"] for w in api.post(f"/work_pools/{pool}/workers/filter").json()]
+            assert names == ["test-worker-1"], names  # the same worker, not a second one
+
+            night = cli(env, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
+
+            assert night.returncode == 0, night.stderr[-3000:] + log.read_text()[-3000:]
+            (outcome,) = _json(night)["tickers"]
+            assert (outcome["ticker"], outcome["status"], outcome["trained"]) == (
+                "OUT-A",
+                "done",
+                True,
+            )
+            # Trained in the resident the worker started before the outage.
+            assert training_processes(pg_url, ["OUT-A"]) == {resident: True}
+    finally:
+        api.close()
+        server.stop()
