@@ -23,6 +23,7 @@ import asyncio
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 
 #: What Prefect's `critical_service_loop` raises when its API stays unreachable.
@@ -118,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return serve(args.pool, limit=args.limit, name=args.name)
-    except Exception as exc:
+    except Exception as exc:  # the traceback for the worker's log, then the one line
         from flows.universe.report import one_line
 
+        traceback.print_exc()
         print(f"error: the worker for pool {args.pool!r} stopped: {one_line(exc)}", file=sys.stderr)
         return 1
 
