@@ -172,6 +172,24 @@ def local_store_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
+def check_worker_pool(pool: str) -> None:
+    """ConfigError when `pool` exists and is not a process pool: Prefect's process worker would
+    only warn, then take its runs and start them the wrong way. A missing pool is fine (the
+    worker creates it as a process pool; `pricecast deploy` adds the deployments)."""
+    from flows.universe.fanout import pool_status
+
+    try:
+        status = pool_status(pool)
+    except ConfigError:  # it does not exist yet
+        return
+    if status.type != POOL_TYPE:
+        raise ConfigError(
+            f"work pool {pool!r} is a {status.type!r} pool; pricecast worker runs a "
+            f"{POOL_TYPE} pool: start it with the pool `pricecast deploy` made (--pool NAME, "
+            f"default {get_settings().worker_pool!r})"
+        )
+
+
 def exec_worker(*, pool: str, limit: int | None, name: str | None = None) -> NoReturn:
     """Replace this process with a Prefect worker for `pool` (`flows.universe.pool_worker`;
     Ctrl-C stops it)."""
@@ -179,6 +197,7 @@ def exec_worker(*, pool: str, limit: int | None, name: str | None = None) -> NoR
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     settings = get_settings()
     check_prefect_api(prefect_api_url())
+    check_worker_pool(pool)
     for warning in local_store_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
     argv = worker_argv(pool, limit=limit, name=name)

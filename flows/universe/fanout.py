@@ -46,6 +46,7 @@ class PoolStatus:
     online_workers: int
     concurrency_limit: int | None
     is_paused: bool
+    type: str
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ def pool_status(pool: str) -> PoolStatus:
         online = client.read_workers_for_work_pool(
             pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"]))
         )
-    return PoolStatus(pool, len(online), work_pool.concurrency_limit, work_pool.is_paused)
+    return PoolStatus(
+        pool, len(online), work_pool.concurrency_limit, work_pool.is_paused, work_pool.type
+    )
 
 
 def current_work_pool() -> str | None:
