@@ -44,18 +44,18 @@ def test_a_worker_outlives_a_prefect_outage_and_takes_the_next_night(
         "MLFLOW_TRACKING_URI": mlflow_uri,
         "PRICECAST_WORKER_POOL": pool,
         "PRICECAST_UNIVERSE_POLL_SECONDS": "1",
-        # Prefect's worker gives up after four rounds of three failed polls, the wait doubling
-        # each round; each failed call first retries for about a minute by default.
-        "PREFECT_CLIENT_MAX_RETRIES": "0",
-        "PREFECT_WORKER_QUERY_SECONDS": "0.5",
     }
+    # Prefect's worker gives up after four rounds of three failed polls, the wait doubling each
+    # round; each failed call first retries for about a minute by default. Only the worker runs
+    # without retries: the commands keep Prefect's (a server that just started may answer 503).
+    worker_env = {**env, "PREFECT_CLIENT_MAX_RETRIES": "0", "PREFECT_WORKER_QUERY_SECONDS": "0.5"}
     api = httpx.Client(base_url=url, timeout=30)
     try:
         source = write_csv(tmp_path / "OUT-A.csv", trend_prices())
         assert cli(env, "universe", "add", "OUT-A", "--source", f"csv:{source}").returncode == 0
         assert cli(env, "deploy", "--pool", pool, timeout=300).returncode == 0
 
-        with two_workers(env, tmp_path, count=1) as ([log], [worker]):
+        with two_workers(worker_env, tmp_path, count=1) as ([log], [worker]):
             wait_for(lambda: _online(api, pool) == 1, 120, "the worker online", worker)
             found = re.search(r"resident training process (\d+)", log.read_text())
             assert found, log.read_text()[-3000:]
