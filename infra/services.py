@@ -381,7 +381,7 @@ def prefect_spec(state: State, layout: Layout) -> ServerSpec:
     return ServerSpec("prefect", state.prefect_port, argv, env=env)
 
 
-WORKER_STARTED = "started!"  # what `prefect worker start` logs once it polls its pool
+WORKER_STARTED = "started!"  # what Prefect's worker logs once it polls its pool
 
 
 def worker_name(state: State) -> str:
