@@ -216,6 +216,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture
+def own_prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    """A started `PrefectServer` of this test's own, for tests that stop and start it again;
+    stopped at the end."""
+    server = PrefectServer(tmp_path / "prefect-server-of-its-own", free_port())
+    server.home.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """API URL of one real Prefect server (`PrefectServer`) shared by the session's tests."""

@@ -18,7 +18,7 @@ import pytest
 
 from storage.db import make_engine, session_scope
 from storage.runs import get_run
-from tests.conftest import PrefectServer, free_port, wait_for
+from tests.conftest import PrefectServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +38,10 @@ def _status(home: Path) -> str | None:
 
 
 def test_night_that_loses_its_prefect_server_fails_in_one_line_and_reruns(
-    tmp_path: Path,
+    tmp_path: Path, own_prefect_server: PrefectServer
 ) -> None:
-    server = PrefectServer(tmp_path / "prefect-server-of-its-own", free_port())
-    server.home.mkdir()
-    url = server.start()
+    server = own_prefect_server
+    url = server.url
     home = tmp_path / "home"
     fault = tmp_path / "fault"
     env = {
@@ -96,4 +95,3 @@ def test_night_that_loses_its_prefect_server_fails_in_one_line_and_reruns(
         if "night" in locals() and night.poll() is None:
             night.kill()
             night.wait(timeout=30)
-        server.stop()

@@ -233,11 +233,10 @@ def _stop(serve: subprocess.Popen[bytes], how: signal.Signals) -> tuple[int, flo
 
 @pytest.mark.slow
 def test_serve_through_a_server_outage_and_stop_with_or_without_it(
-    tmp_path: Path, isolated_home: Path
+    tmp_path: Path, isolated_home: Path, own_prefect_server: PrefectServer
 ) -> None:
-    server = PrefectServer(tmp_path / "prefect-server-of-its-own", free_port())
-    server.home.mkdir()
-    url = server.start()
+    server = own_prefect_server
+    url = server.url
     ticker = "SERVE-DOWN"
     name = f"nightly/{deployment_name(ticker)}"
     env = {
@@ -288,4 +287,3 @@ def test_serve_through_a_server_outage_and_stop_with_or_without_it(
         assert f"the schedule of {name} is still on" in last
     finally:
         stop_group(serve)
-        server.stop()

@@ -15,7 +15,7 @@ import pytest
 
 from storage.db import make_engine, session_scope
 from storage.runs import get_run
-from tests.conftest import PrefectServer, free_port, wait_for
+from tests.conftest import PrefectServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,10 @@ AS_OF = "2021-06-27"
 
 
 def test_universe_night_that_loses_its_prefect_server_says_so_in_one_line(
-    tmp_path: Path,
+    tmp_path: Path, own_prefect_server: PrefectServer
 ) -> None:
-    server = PrefectServer(tmp_path / "prefect-server-of-its-own", free_port())
-    server.home.mkdir()
-    url = server.start()
+    server = own_prefect_server
+    url = server.url
     env = {
         **os.environ,
         "PREFECT_API_URL": url,
@@ -87,4 +86,3 @@ def test_universe_night_that_loses_its_prefect_server_says_so_in_one_line(
         if "night" in locals() and night.poll() is None:
             night.kill()
             night.wait(timeout=30)
-        server.stop()

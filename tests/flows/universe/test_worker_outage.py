@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PrefectServer, free_port, wait_for
+from tests.conftest import PrefectServer, wait_for
 from tests.flows.nightly_data import trend_prices, write_csv
 from tests.flows.universe.scenario import AS_OF, SMALL_ENV
 from tests.flows.universe.test_pool import _json, _online, cli, training_processes, two_workers
@@ -24,13 +24,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def test_a_worker_outlives_a_prefect_outage_and_takes_the_next_night(
-    pg_url: str, tmp_path: Path
+    pg_url: str, tmp_path: Path, own_prefect_server: PrefectServer
 ) -> None:
     from mlflow import MlflowClient
 
-    server = PrefectServer(tmp_path / "prefect-server-of-its-own", free_port())
-    server.home.mkdir()
-    url = server.start()
+    server = own_prefect_server
+    url = server.url
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(tracking_uri=mlflow_uri).search_experiments()  # its schema, before the worker
     pool = f"outage-{uuid.uuid4().hex[:8]}"
@@ -94,4 +93,3 @@ def test_a_worker_outlives_a_prefect_outage_and_takes_the_next_night(
             assert training_processes(pg_url, ["OUT-A"]) == {resident: True}
     finally:
         api.close()
-        server.stop()
