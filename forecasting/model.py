@@ -6,6 +6,7 @@ this module (e.g. for LSTMConfig) stays cheap.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -24,6 +25,14 @@ LOSSES: tuple[str, ...] = ("mse", "mae", "huber")
 
 #: Training steps run per call into TensorFlow: fewer Python round trips for a tiny network.
 STEPS_PER_EXECUTION = 16
+
+#: Held while a thread seeds the global random generators and then builds, clones or loads a
+#: network, or sets up a fit's shuffled stream. Keras draws every layer's initial weights from
+#: Python's global `random` (which `seed_everything` seeds), so a network built or loaded on
+#: another thread in between (the champion loading on a training job's loader thread, MLflow
+#: loading a logged model back to check it on the logging thread) would change the weights a
+#: seed gives, and with them the scores. Re-entrant: a build may load, a fit may clone.
+NETWORK_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -96,26 +105,27 @@ def build_lstm(config: LSTMConfig, *, seed: int) -> keras.Model:
     """
     import keras
 
-    seed_everything(seed)
-    inputs = keras.Input(shape=(config.window_weeks, DAYS_PER_WEEK), name="weeks")
-    heads = []
-    for member in range(config.members):
-        prefix = "" if config.members == 1 else f"m{member}_"
-        x = inputs
-        for layer in range(config.layers):
-            last = layer == config.layers - 1
-            x = keras.layers.LSTM(
-                config.units, return_sequences=not last, name=f"{prefix}lstm_{layer}"
-            )(x)
-            if config.dropout:
-                x = keras.layers.Dropout(config.dropout, seed=seed + member)(x)
-        heads.append(
-            keras.layers.Dense(
-                DAYS_PER_WEEK, activation=config.activation, name=f"{prefix}next_week"
-            )(x)
-        )
-    outputs = heads[0] if len(heads) == 1 else keras.layers.Average(name="next_week")(heads)
-    return keras.Model(inputs, outputs, name="weekly_lstm")
+    with NETWORK_LOCK:
+        seed_everything(seed)
+        inputs = keras.Input(shape=(config.window_weeks, DAYS_PER_WEEK), name="weeks")
+        heads = []
+        for member in range(config.members):
+            prefix = "" if config.members == 1 else f"m{member}_"
+            x = inputs
+            for layer in range(config.layers):
+                last = layer == config.layers - 1
+                x = keras.layers.LSTM(
+                    config.units, return_sequences=not last, name=f"{prefix}lstm_{layer}"
+                )(x)
+                if config.dropout:
+                    x = keras.layers.Dropout(config.dropout, seed=seed + member)(x)
+            heads.append(
+                keras.layers.Dense(
+                    DAYS_PER_WEEK, activation=config.activation, name=f"{prefix}next_week"
+                )(x)
+            )
+        outputs = heads[0] if len(heads) == 1 else keras.layers.Average(name="next_week")(heads)
+        return keras.Model(inputs, outputs, name="weekly_lstm")
 
 
 def train(
@@ -142,18 +152,21 @@ def train(
     """
     import tensorflow as tf
 
-    seed_everything(seed)
-    trainer = _trainer(model, learning_rate=learning_rate, loss=loss)
-    started = time.perf_counter()
-    if len(inputs) and epochs:
-        stream = (
-            tf.data.Dataset.from_tensor_slices(
-                (inputs.astype("float32"), targets.astype("float32"))
+    stream = None
+    with NETWORK_LOCK:  # the seeds, the trainer and the stream's shuffle seeds (see the lock)
+        seed_everything(seed)
+        trainer = _trainer(model, learning_rate=learning_rate, loss=loss)
+        if len(inputs) and epochs:
+            stream = (
+                tf.data.Dataset.from_tensor_slices(
+                    (inputs.astype("float32"), targets.astype("float32"))
+                )
+                .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+                .repeat(epochs)
+                .batch(batch_size)
             )
-            .shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-            .repeat(epochs)
-            .batch(batch_size)
-        )
+    started = time.perf_counter()
+    if stream is not None:
         trainer.fit(stream, epochs=1, shuffle=False, verbose=0)
         if trainer is not model:
             model.set_weights(trainer.get_weights())
@@ -316,7 +329,8 @@ def copy_model(model: keras.Model) -> keras.Model:
     """An independent copy with the same architecture and weights (training it leaves `model`)."""
     import keras
 
-    clone = keras.models.clone_model(model)
+    with NETWORK_LOCK:
+        clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     return clone
 
@@ -334,4 +348,5 @@ def load_model(path: Path) -> keras.Model:
     import keras
 
     # compile=False: a loaded model serves predictions; training recompiles with its own rate.
-    return keras.models.load_model(Path(path), compile=False)
+    with NETWORK_LOCK:
+        return keras.models.load_model(Path(path), compile=False)

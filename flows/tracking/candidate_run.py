@@ -304,6 +304,7 @@ def load_registered_model(
     import mlflow.keras
 
     from flows.serving.log import load_logged_forecaster
+    from forecasting.model import NETWORK_LOCK
     from pricecast.errors import DataError
 
     try:
@@ -311,7 +312,10 @@ def load_registered_model(
         try:
             logged = load_logged_forecaster(model_uri, tracking_uri=tracking_uri)
         except DataError:  # not a servable pyfunc: a plain Keras model logged before them
-            model: keras.Model = mlflow.keras.load_model(model_uri)
+            with tempfile.TemporaryDirectory(prefix="pricecast-keras-") as scratch:
+                local = mlflow.artifacts.download_artifacts(model_uri, dst_path=scratch)
+                with NETWORK_LOCK:  # builds layers: not while another thread seeds and builds
+                    model: keras.Model = mlflow.keras.load_model(local)
             return model, None
         assert logged.forecaster.model is not None
         return logged.forecaster.model, logged.calibration

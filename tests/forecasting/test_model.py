@@ -113,3 +113,38 @@ def test_a_warmed_trainer_is_the_one_the_first_fit_uses_and_changes_no_weights()
     assert [(t, t.train_function) for t in lstm._TRAINERS.values()] == [(warm, step)]
     for got, want in zip(cached.get_weights(), plain.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_seed_gives_the_same_network_while_another_thread_loads_networks(tmp_path) -> None:
+    """Keras draws initial weights from Python's global `random`: a network loaded on another
+    thread (the champion on a job's loader thread, MLflow's check of a logged model) between
+    the seeding and the layers would change them. Without NETWORK_LOCK most builds here differ."""
+    import threading
+
+    reference = lstm.build_lstm(CONFIG, seed=0).get_weights()
+    inputs, targets = _data(3)
+    trained = lstm.build_lstm(CONFIG, seed=0)
+    options = {"learning_rate": 1e-3, "epochs": 2, "batch_size": 16, "seed": 0}
+    lstm.train(trained, inputs, targets, **options)  # type: ignore[arg-type]
+    trained_reference = trained.get_weights()
+    saved = lstm.save_model(lstm.build_lstm(CONFIG, seed=1), tmp_path / "other.keras")
+    stop = threading.Event()
+
+    def load_in_a_loop() -> None:
+        while not stop.wait(0.005):  # a breath between loads: the builds get the lock
+            lstm.load_model(saved)
+
+    loader = threading.Thread(target=load_in_a_loop, daemon=True)
+    loader.start()
+    try:
+        for _ in range(6):
+            built = lstm.build_lstm(CONFIG, seed=0).get_weights()
+            assert all(np.array_equal(a, b) for a, b in zip(reference, built, strict=True))
+        for _ in range(2):
+            model = lstm.build_lstm(CONFIG, seed=0)
+            lstm.train(model, inputs, targets, **options)  # type: ignore[arg-type]
+            weights = zip(trained_reference, model.get_weights(), strict=True)
+            assert all(np.array_equal(a, b) for a, b in weights)
+    finally:
+        stop.set()
+        loader.join()
