@@ -29,23 +29,43 @@ def api_problem(url: str, *, timeout: float) -> str | None:
     return None
 
 
+def connection_failed(exc: BaseException) -> bool:
+    """Whether `exc` is the connection to a server failing (refused, reset, timed out, or the
+    server answering 5xx while it starts or stops), not an error in what was asked."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, (httpx.TransportError, ConnectionError))
+
+
 @contextlib.contextmanager
 def prefect_api_lost(
     what: str, rerun: str, *, note: str = "", rerun_does: str = "it skips the nights already done"
 ) -> Iterator[None]:
     """A connection error while the Prefect server does not answer (it went away during the run)
-    is one line that names the server and the rerun, not `unexpected ConnectError`."""
+    is one line that names the server and the rerun, not `unexpected ConnectError`; so is one
+    from a server that answers again by the time it is checked (it came back while Prefect's
+    client was retrying)."""
     import httpx
 
     try:
         yield
     except (httpx.HTTPError, ConnectionError) as exc:
+        from flows.universe.report import one_line
         from pricecast.urls import mask_url
 
         url = prefect_api_url()
-        problem = api_problem(url, timeout=5.0) if url else None
-        if url is None or problem is None:  # in-process, or the API answers: not an outage
+        if url is None:  # in-process: no server to lose
             raise
+        problem = api_problem(url, timeout=5.0)
+        if problem is None:
+            if not connection_failed(exc):
+                raise  # the API answers and this was no outage: an error of its own
+            raise ServiceUnavailable(
+                f"lost the Prefect API at {mask_url(url)} during {what} ({one_line(exc)}); it "
+                f"answers again now. {note}Rerun `{rerun}`: {rerun_does}"
+            ) from exc
         raise ServiceUnavailable(
             f"lost the Prefect API at {mask_url(url)} during {what} ({problem}). {note}Once it "
             f"is back, rerun `{rerun}`: {rerun_does}"
