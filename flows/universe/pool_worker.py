@@ -8,28 +8,124 @@ workers would be gone after one long server outage (an upgrade, a reboot), and t
 it would wait for workers nobody restarted. Here that give-up is one line, the process waits for
 the API's /health to answer again (saying so once), and starts the worker again under the same
 name; its resident training process (owned by this pid) stays. Any other error ends the process
-as before. Ctrl-C and SIGTERM stop it as they stop `prefect worker start` (the same handlers).
+as before.
 
-    python -m flows.universe.pool_worker --pool POOL [--limit N] --name NAME
-
-`pricecast worker` prepares the environment (PATH, PREFECT_WORKER_QUERY_SECONDS, the resident's
-socket) and execs this module, so that Prefect reads its settings from that environment.
+Ctrl-C and SIGTERM stop it as Prefect means them to (`prefect worker start`'s handlers raise
+KeyboardInterrupt, which Prefect's worker swallowed here both while a flow run ran and while the
+API was down: it never stopped, or ran on until it gave up and was then started again). The first
+signal is final: the worker takes no new flow runs, lets the running ones end, then stops; if it
+has not stopped STOP_GRACE_SECONDS after that (its shutdown calls an API that does not answer),
+the process exits. A second signal exits at once; the flow runs still running then end Crashed
+(their output went to this process) and a rerun of their night does them. The resident training
+process follows its worker (it exits once the worker's pid is gone).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 #: What Prefect's `critical_service_loop` raises when its API stays unreachable.
 GAVE_UP = "Service exceeded error threshold"
 #: How often the API's /health is asked while the worker waits for it.
 HEALTH_POLL_SECONDS = 5.0
+#: How long a stop request waits for Prefect's worker to shut down before the process exits.
+STOP_GRACE_SECONDS = 15.0
+#: How often a stopping worker looks whether its running flow runs have ended.
+DRAIN_POLL_SECONDS = 0.5
+
+
+class StopRequest:
+    """Ctrl-C and SIGTERM for the worker process (see the module doc): the first one lets the
+    running flow runs end, then stops the worker, and is final; a second one exits at once."""
+
+    def __init__(self, name: str, *, grace: float = STOP_GRACE_SECONDS) -> None:
+        self.name = name
+        self.grace = grace
+        self.requested = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._worker: Any = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request(signal.Signals(signum).name)
+
+    def running(self, task: asyncio.Task[None], worker: Any) -> None:
+        """Prefect's worker (a `draining_worker_class()`) now running in `task`."""
+        self._loop, self._task, self._worker = asyncio.get_running_loop(), task, worker
+        if self.requested.is_set():
+            self._stop_worker()
+
+    def request(self, why: str) -> None:
+        if self.requested.is_set():
+            self._exit(f"{why} again: stopping worker {self.name!r} now")
+        self.requested.set()
+        if self._worker is not None:
+            self._worker.draining = True
+        running = flow_run_processes()
+        if running and self._task is not None:
+            print(
+                f"{why}: worker {self.name!r} takes no new flow runs and stops once its "
+                f"{len(running)} running flow run(s) end (again to stop at once)",
+                flush=True,
+            )
+            threading.Thread(target=self._drain, daemon=True).start()
+        else:
+            print(f"{why}: stopping worker {self.name!r} (again to stop at once)", flush=True)
+            self._stop_worker()
+
+    def _drain(self) -> None:
+        while flow_run_processes():
+            time.sleep(DRAIN_POLL_SECONDS)
+        self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        if self._loop is None or self._task is None:
+            return  # not running: the loop in `serve` sees the request
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        timer = threading.Timer(self.grace, self._overdue)
+        timer.daemon = True
+        timer.start()
+
+    def _overdue(self) -> None:
+        self._exit(
+            f"worker {self.name!r} did not stop within {self.grace:g} s (its shutdown waits for "
+            "a Prefect API that does not answer): stopping now"
+        )
+
+    def _exit(self, line: str) -> None:
+        print(line, flush=True)
+        sys.stderr.flush()
+        os._exit(0)  # what is left is Prefect's shutdown; flow runs are processes of their own
+
+
+def flow_run_processes() -> list[int]:
+    """The pids of this process's children that run a flow run (`python -m prefect.engine`)."""
+    found = []
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if parent == me and b"prefect.engine" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
 
 
 def gave_up(exc: BaseException) -> bool:
@@ -45,51 +141,82 @@ def wait_for_api(
     *,
     poll_seconds: float = HEALTH_POLL_SECONDS,
     problem: Callable[[str], str | None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> float:
-    """Block until the API at `url` answers its /health; the seconds it took."""
+    sleep: Callable[[float], object] = time.sleep,
+    stopped: Callable[[], bool] = lambda: False,
+) -> float | None:
+    """Block until the API at `url` answers its /health; the seconds it took, None if
+    `stopped()` came true first."""
     from flows.prefect_api import api_problem
 
     ask = problem or (lambda u: api_problem(u, timeout=5.0))
     started = time.monotonic()
     while ask(url) is not None:
+        if stopped():
+            return None
         sleep(poll_seconds)
+        if stopped():
+            return None
     return time.monotonic() - started
 
 
-async def _run_once(pool: str, limit: int | None, name: str) -> None:
-    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+def draining_worker_class() -> type[Any]:
+    """Prefect's process worker, taking no new flow runs once its `draining` is set."""
+    from prefect.client.schemas.objects import FlowRun
     from prefect.workers.process import ProcessWorker
 
-    worker = ProcessWorker(
+    class DrainingProcessWorker(ProcessWorker):
+        draining = False
+
+        async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+            if self.draining:
+                return []
+            return await super().get_and_submit_flow_runs()
+
+    return DrainingProcessWorker
+
+
+async def _run_once(pool: str, limit: int | None, name: str, stop: StopRequest) -> None:
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+
+    worker = draining_worker_class()(
         name=name,
         work_pool_name=pool,
         limit=limit,
         prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
         heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
     )
+    task = asyncio.current_task()
+    assert task is not None
+    stop.running(task, worker)
     await worker.start(printer=lambda *args: print(*args, flush=True))
 
 
-def serve(pool: str, *, limit: int | None, name: str) -> int:
-    """Prefect's worker for `pool`, started again after every give-up once the API answers."""
-    from prefect.utilities.processutils import setup_signal_handlers_worker
+def install_stop(name: str) -> StopRequest:
+    """This process's stop request, its signal handlers installed."""
+    stop = StopRequest(name)
+    stop.install()
+    return stop
 
+
+def serve(pool: str, *, limit: int | None, name: str) -> int:
+    """Prefect's worker for `pool`, started again after every give-up once the API answers,
+    until Ctrl-C or SIGTERM."""
     from flows.prefect_api import prefect_api_url
     from pricecast.urls import mask_url
 
     url = prefect_api_url()
     shown = mask_url(url) if url else "(ephemeral)"
-    setup_signal_handlers_worker(os.getpid(), "the process worker", print)
+    stop = install_stop(name)
     restarts = 0
-    while True:
+    while not stop.requested.is_set():
         try:
-            asyncio.run(_run_once(pool, limit, name))
-            return 0
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Prefect's handler turns it into SIGINT)
-            print(f"Worker {name!r} stopped!", flush=True)
-            return 0
+            asyncio.run(_run_once(pool, limit, name, stop))
+            break
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            break  # a stop request (or Prefect's own KeyboardInterrupt)
         except BaseException as exc:
+            if stop.requested.is_set():
+                break  # whatever the cancelled worker raised on its way out
             if url is None or not gave_up(exc):
                 raise
         print(
@@ -98,17 +225,17 @@ def serve(pool: str, *, limit: int | None, name: str) -> int:
             "again (Ctrl-C stops)",
             flush=True,
         )
-        try:
-            waited = wait_for_api(url)
-        except KeyboardInterrupt:
-            print(f"Worker {name!r} stopped!", flush=True)
-            return 0
+        waited = wait_for_api(url, sleep=stop.requested.wait, stopped=stop.requested.is_set)
+        if waited is None:
+            break
         restarts += 1
         print(
             f"pricecast worker: the Prefect API at {shown} answers again after {waited:.0f} s: "
             f"starting worker {name!r} again (restart {restarts})",
             flush=True,
         )
+    print(f"Worker {name!r} stopped!", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

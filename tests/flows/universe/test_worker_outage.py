@@ -3,22 +3,43 @@ a real `prefect server` of the test's own, stopped until Prefect's worker gives 
 retries off and a poll every 0.5 s: about a minute instead of a quarter of an hour), then started
 again on the same port and database. The same worker process, under the same name, takes the
 next universe night and trains it in the resident training process it started before the
-outage."""
+outage; stopped while it runs that night, it lets the night end and then stops. A worker stopped
+while its server is down stops too."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
+from flows.universe.pool_worker import STOP_GRACE_SECONDS
+from pricecast.processes import process_alive
 from tests.conftest import PrefectServer, wait_for
 from tests.flows.nightly_data import trend_prices, write_csv
 from tests.flows.universe.scenario import AS_OF, SMALL_ENV
-from tests.flows.universe.test_pool import _json, _online, cli, training_processes, two_workers
+from tests.flows.universe.test_pool import ROOT, _online, cli, training_processes, two_workers
+
+
+def flow_runs_of(worker: int) -> list[int]:
+    """The worker's children that run a flow run."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if parent == str(worker) and b"prefect.engine" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -80,10 +101,19 @@ def test_a_worker_outlives_a_prefect_outage_and_takes_the_next_night(
             names = [w["name"] for w in api.post(f"/work_pools/{pool}/workers/filter").json()]
             assert names == ["test-worker-1"], names  # the same worker, not a second one
 
-            night = cli(env, "nightly", "--all", "--as-of", AS_OF.isoformat(), "--json")
+            # Stopped while it runs that night (SIGTERM, as `make down` or systemd stop it): it
+            # takes no new flow runs, lets the running one end, then stops.
+            night = subprocess.Popen(
+                [sys.executable, "-m", "tests.flows.universe.cli_app", "nightly", "--all",
+                 "--as-of", AS_OF.isoformat(), "--json"],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            wait_for(lambda: bool(flow_runs_of(worker.pid)), 180, "the worker's batch run", night)
+            worker.send_signal(signal.SIGTERM)
+            out, err = night.communicate(timeout=600)
 
-            assert night.returncode == 0, night.stderr[-3000:] + log.read_text()[-3000:]
-            (outcome,) = _json(night)["tickers"]
+            assert night.returncode == 0, err[-3000:] + log.read_text()[-3000:]
+            (outcome,) = json.loads(out)["tickers"]
             assert (outcome["ticker"], outcome["status"], outcome["trained"]) == (
                 "OUT-A",
                 "done",
@@ -91,5 +121,26 @@ def test_a_worker_outlives_a_prefect_outage_and_takes_the_next_night(
             )
             # Trained in the resident the worker started before the outage.
             assert training_processes(pg_url, ["OUT-A"]) == {resident: True}
+            assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
+            text = log.read_text()
+            assert (
+                "SIGTERM: worker 'test-worker-1' takes no new flow runs and stops once its 1 "
+                "running flow run(s) end"
+            ) in text, text[-3000:]
+            assert text.rstrip().endswith("Worker 'test-worker-1' stopped!"), text[-3000:]
+            wait_for(lambda: not process_alive(resident), 30, "the resident gone with its worker")
+
+        # A worker stopped while its server is down stops (Prefect's own handlers were
+        # swallowed then: it ran on until it gave up, and was then started again).
+        (tmp_path / "second").mkdir()
+        with two_workers(worker_env, tmp_path / "second", count=1) as ([log], [worker]):
+            # Its own start (the pool may still list the first worker as online).
+            wait_for(lambda: "started!" in log.read_text(), 120, "a second worker started", worker)
+            server.stop()
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=STOP_GRACE_SECONDS + 30) == 0, log.read_text()[-3000:]
+            text = log.read_text()
+            assert "SIGTERM: stopping worker 'test-worker-1'" in text, text[-3000:]
+            assert "gave up" not in text and "starting worker" not in text, text[-3000:]
     finally:
         api.close()
