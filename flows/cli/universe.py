@@ -184,7 +184,8 @@ def worker_command(
     Their trainings go to one training process it starts beside it and keeps across runs
     (TensorFlow imported once; PRICECAST_TRAINING_RESIDENT=false: one per run). A Prefect
     server outage does not end it: when Prefect's worker gives up, it waits for the API and
-    starts the worker again under the same name.
+    starts the worker again under the same name. Ctrl-C or SIGTERM: it takes no new runs, lets
+    the running ones end, then stops; a second one stops it at once.
     """
     from flows.universe.deploy import exec_worker
     from pricecast.settings import get_settings
