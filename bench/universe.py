@@ -8,8 +8,9 @@ Everything is real and started here: Postgres databases of their own (on PRICECA
 default 127.0.0.1:5432), an MLflow server with served artifacts, a Prefect server and one
 `pricecast worker`, all by `infra/services.py up` (what `make up` runs) under a temporary
 PRICECAST_HOME; the second worker is one more `pricecast worker`. Each phase runs its own tickers
-(the same seeds, other names), so both do the same work from empty stores. At the end the
-services are stopped and the databases dropped.
+(the same seeds, other names), so both do the same work from empty stores, and starts once its
+workers are online and their resident training processes ready (workers run ahead of a night).
+At the end the services are stopped and the databases dropped.
 
 Reported per phase: wall time of the universe run, tickers per minute, the sum of the nights'
 training seconds, efficiency sum(train) / wall, how busy the machine's CPUs were, the steady
@@ -421,6 +422,19 @@ def wait_online(pool: str, count: int, timeout: float = 180) -> None:
         time.sleep(1)
 
 
+def wait_resident_ready(log: Path, owner: int, timeout: float = 180) -> None:
+    """Wait until worker `owner`'s resident training process says in `log` that it is ready (its
+    imports done, the training step traced): a phase starts with its workers warm, as a night
+    does when its workers were started ahead of it; its CPU figures hold no worker's start-up."""
+    deadline = time.monotonic() + timeout
+    ready = f"(worker {owner}): ready on "
+    while not (log.exists() and ready in log.read_text(errors="replace")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"worker {owner}'s resident training process not ready after "
+                             f"{timeout} s; see {log}")  # fmt: skip
+        time.sleep(0.5)
+
+
 def bench_environment(epochs: int | None) -> str:
     """A scratch PRICECAST_HOME, ports, database prefix and work pool in os.environ (nothing of
     the caller's services); returns the pool's name."""
@@ -461,6 +475,7 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
 
     settings = get_settings()
     layout = services.layout_for(settings)
+    layout_home = settings.resolved_home
     state = None
     extra: Any = None
     phases: list[dict[str, Any]] = []
@@ -492,6 +507,8 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
                                      layout.logs / "worker-2.log")  # fmt: skip
                 workers["second worker"] = extra.pid
             wait_online(pool, count)
+            for owner in workers.values():
+                wait_resident_ready(layout_home / "work" / "training-resident.log", owner)
             names = [f"B{phase_index}-T{i}" for i in range(1, tickers + 1)]
             with contextlib.redirect_stdout(sys.stderr):
                 phases.append(run_phase(label, names, as_of=as_of, pool=pool, workers=workers,
