@@ -57,42 +57,55 @@ class StopRequest:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._worker: Any = None
+        self._signalled = False
+        self._lock = threading.Lock()
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.request(signal.Signals(signum).name)
+        # A signal handler runs between two bytecodes of the main thread, which may be printing
+        # or holding a lock: it only notes the signal and leaves the rest to a thread.
+        why = signal.Signals(signum).name
+        if self._signalled:
+            self._exit(f"{why} again: stopping worker {self.name!r} now")
+        self._signalled = True
+        threading.Thread(target=self.request, args=(why,), daemon=True).start()
 
     def running(self, task: asyncio.Task[None], worker: Any) -> None:
         """Prefect's worker (a `draining_worker_class()`) now running in `task`."""
-        self._loop, self._task, self._worker = asyncio.get_running_loop(), task, worker
-        if self.requested.is_set():
-            self._stop_worker()
+        with self._lock:
+            self._loop, self._task, self._worker = asyncio.get_running_loop(), task, worker
+            if self.requested.is_set():
+                worker.draining = True
+                self._stop_worker()
 
     def request(self, why: str) -> None:
-        if self.requested.is_set():
-            self._exit(f"{why} again: stopping worker {self.name!r} now")
-        self.requested.set()
-        if self._worker is not None:
-            self._worker.draining = True
-        running = flow_run_processes()
-        if running and self._task is not None:
-            print(
-                f"{why}: worker {self.name!r} takes no new flow runs and stops once its "
-                f"{len(running)} running flow run(s) end (again to stop at once)",
-                flush=True,
-            )
-            threading.Thread(target=self._drain, daemon=True).start()
-        else:
+        """Stop the worker: no new flow runs, the running ones end, then it is cancelled."""
+        with self._lock:
+            if self.requested.is_set():
+                return
+            self.requested.set()
+            if self._worker is not None:
+                self._worker.draining = True
+            running = flow_run_processes() if self._task is not None else []
+            if running:
+                print(
+                    f"{why}: worker {self.name!r} takes no new flow runs and stops once its "
+                    f"{len(running)} running flow run(s) end (again to stop at once)",
+                    flush=True,
+                )
+                threading.Thread(target=self._drain, daemon=True).start()
+                return
             print(f"{why}: stopping worker {self.name!r} (again to stop at once)", flush=True)
             self._stop_worker()
 
     def _drain(self) -> None:
         while flow_run_processes():
             time.sleep(DRAIN_POLL_SECONDS)
-        self._stop_worker()
+        with self._lock:
+            self._stop_worker()
 
     def _stop_worker(self) -> None:
         if self._loop is None or self._task is None:
@@ -108,9 +121,9 @@ class StopRequest:
             "a Prefect API that does not answer): stopping now"
         )
 
-    def _exit(self, line: str) -> None:
-        print(line, flush=True)
-        sys.stderr.flush()
+    @staticmethod
+    def _exit(line: str) -> None:
+        os.write(1, (line + "\n").encode())  # not print: safe inside a signal handler
         os._exit(0)  # what is left is Prefect's shutdown; flow runs are processes of their own
 
 
