@@ -31,7 +31,7 @@ STEPS_PER_EXECUTION = 16
 #: Python's global `random` (which `seed_everything` seeds), so a network built or loaded on
 #: another thread in between (the champion loading on a training job's loader thread, MLflow
 #: loading a logged model back to check it on the logging thread) would change the weights a
-#: seed gives, and with them the scores. Re-entrant: a build may load, a fit may clone.
+#: seed gives, and with them the scores. Re-entrant: a fit clones its trainer under it.
 NETWORK_LOCK = threading.RLock()
 
 
