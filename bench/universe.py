@@ -475,7 +475,6 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
 
     settings = get_settings()
     layout = services.layout_for(settings)
-    layout_home = settings.resolved_home
     state = None
     extra: Any = None
     phases: list[dict[str, Any]] = []
@@ -490,7 +489,7 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         database_url = get_settings().resolved_database_url
 
-        from flows.universe.deploy import deploy
+        from flows.universe.deploy import deploy, resident_log
         from flows.universe.members import add_member
 
         with contextlib.redirect_stdout(sys.stderr):
@@ -508,7 +507,7 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
                 workers["second worker"] = extra.pid
             wait_online(pool, count)
             for owner in workers.values():
-                wait_resident_ready(layout_home / "work" / "training-resident.log", owner)
+                wait_resident_ready(resident_log(settings), owner)
             names = [f"B{phase_index}-T{i}" for i in range(1, tickers + 1)]
             with contextlib.redirect_stdout(sys.stderr):
                 phases.append(run_phase(label, names, as_of=as_of, pool=pool, workers=workers,

@@ -209,12 +209,19 @@ def exec_worker(*, pool: str, limit: int | None, name: str | None = None) -> NoR
     os.execve(argv[0], argv, env)
 
 
+def resident_log(settings: Settings) -> Path:
+    """Where the resident training processes of this PRICECAST_HOME's workers log (one line
+    per process says when it is ready: `(worker <pid>): ready on ...`)."""
+    from flows.training.resident import LOG_NAME
+
+    return settings.resolved_home / "work" / LOG_NAME
+
+
 def start_resident_training(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
     """Start this worker's resident training process (see `flows.training.resident`); the
     variables that lead its flow runs to it. This process becomes the Prefect worker, so its pid
     is the worker's."""
     from flows.training.resident import (
-        LOG_NAME,
         OWNER_ENV,
         SOCKET_ENV,
         socket_path,
@@ -224,7 +231,7 @@ def start_resident_training(settings: Settings, env: Mapping[str, str]) -> dict[
     owner = os.getpid()
     path = socket_path(owner)
     variables = {SOCKET_ENV: str(path), OWNER_ENV: str(owner)}
-    log = settings.resolved_home / "work" / LOG_NAME
+    log = resident_log(settings)
     try:
         pid = start_resident(
             path,

@@ -127,16 +127,17 @@ class StopRequest:
         os._exit(0)  # what is left is Prefect's shutdown; flow runs are processes of their own
 
 
-def flow_run_processes() -> list[int]:
-    """The pids of this process's children that run a flow run (`python -m prefect.engine`)."""
+def flow_run_processes(parent: int | None = None) -> list[int]:
+    """The pids of the children of `parent` (default: this process) that run a flow run
+    (`python -m prefect.engine`)."""
     found = []
-    me = str(os.getpid())
+    wanted = str(os.getpid() if parent is None else parent)
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError, IndexError):
-            parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            if parent == me and b"prefect.engine" in (proc / "cmdline").read_bytes():
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if ppid == wanted and b"prefect.engine" in (proc / "cmdline").read_bytes():
                 found.append(int(proc.name))
     return found
 
@@ -164,8 +165,6 @@ def wait_for_api(
     ask = problem or (lambda u: api_problem(u, timeout=5.0))
     started = time.monotonic()
     while ask(url) is not None:
-        if stopped():
-            return None
         sleep(poll_seconds)
         if stopped():
             return None
