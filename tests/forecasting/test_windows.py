@@ -40,6 +40,28 @@ def test_a_missing_day_removes_its_week_and_every_window_through_it():
         make_windows(weeks, [FIRST + 4 * WEEK], window_weeks=2)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_trainable_targets_are_the_weeks_whose_whole_window_is_complete(seed: int) -> None:
+    """Against the definition, on histories with missing days and whole missing weeks."""
+    rng = np.random.default_rng(seed)
+    daily = arange_daily(60)
+    gone_days = rng.choice(len(daily), size=int(rng.integers(0, 8)), replace=False)
+    daily = daily.drop(index=daily.index[gone_days])
+    gone_weeks = {FIRST + WEEK * int(k) for k in rng.choice(60, size=3, replace=False)}
+    daily = daily[
+        ~(daily["date"] - pd.to_timedelta(daily["date"].dt.weekday, unit="D")).isin(gone_weeks)
+    ]
+    weeks = group_iso_weeks(daily)
+    complete = set(weeks.index[weeks["complete"]])
+    for window in (1, 3, 8):
+        expected = [
+            week
+            for week in sorted(complete)
+            if all(week - WEEK * k in complete for k in range(1, window + 1))
+        ]
+        assert list(trainable_target_weeks(weeks, window_weeks=window)) == expected
+
+
 def test_windows_relative_to_the_last_close_before_the_target():
     weeks = arange_weeks(4)
     w = make_windows(weeks, [FIRST + 2 * WEEK, FIRST + 3 * WEEK], window_weeks=2, with_targets=True)
