@@ -132,6 +132,23 @@ def test_signature_input_example_and_artifacts_are_logged(logged: Logged, champi
     )
 
 
+def test_logging_leaves_sys_path_as_it_was(logged: Logged) -> None:
+    """MLflow loads a model it logs back to check it, which put the model's (temporary) code
+    folder on sys.path for good: a training process gained a dead entry per model it logged."""
+    import mlflow
+
+    from flows.serving.log import log_servable_model
+
+    mlflow.set_tracking_uri(logged.tracking_uri)
+    experiment = mlflow.MlflowClient(logged.tracking_uri).get_experiment_by_name(MODEL)
+    assert experiment is not None
+    before = list(sys.path)
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=experiment.experiment_id):
+            log_servable_model(logged.forecaster, logged.calibration, recent_closes=logged.daily)
+    assert sys.path == before
+
+
 def _drop_row(frame: pd.DataFrame, row: int) -> pd.DataFrame:
     return frame.drop(index=row).reset_index(drop=True)
 
