@@ -12,7 +12,8 @@ from pricecast.settings import apply_prefect_defaults
 
 #: What a lost Prefect server means for the batch runs of a universe night.
 WORKERS_NOTE = (
-    "What the workers already started may finish or fail; the rest waits for the server. "
+    "The batch runs already submitted stay with the workers: a running one may finish or fail, "
+    "one not yet started runs once a worker can take it. "
 )
 
 

@@ -68,8 +68,9 @@ def test_universe_night_that_loses_its_prefect_server_says_so_in_one_line(
         errors = [line for line in output.splitlines() if line.startswith("error:")]
         assert errors == [
             f"error: lost the Prefect API at {url} during the universe night (ConnectError: "
-            "[Errno 111] Connection refused). What the workers already started may finish or "
-            "fail; the rest waits for the server. Once it is back, rerun `pricecast nightly "
+            "[Errno 111] Connection refused). The batch runs already submitted stay with the "
+            "workers: a running one may finish or fail, one not yet started runs once a worker "
+            "can take it. Once it is back, rerun `pricecast nightly "
             f"--all --as-of {AS_OF}`: it skips the nights already done"
         ], output[-3000:]
         assert "Traceback" not in output, output[-3000:]
