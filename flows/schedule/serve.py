@@ -136,6 +136,30 @@ def sigterm_deferred_until_serving(poll_seconds: float = 0.05) -> Iterator[None]
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def sigint_as_sigterm() -> Iterator[None]:
+    """Ctrl-C stops serve the way SIGTERM does (Prefect's runner stops polling and exits 0; held
+    while the deployments are being registered). Left to asyncio, a first Ctrl-C only cancels
+    the runner's main task, and right after a server outage that cancellation was swallowed:
+    serve went on serving (twice, in full CI runs of `tests/flows/test_serve.py`). Only from the
+    main thread (signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_sigterm(signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        if not callable(handler):  # nobody took SIGTERM over: Ctrl-C as usual
+            raise KeyboardInterrupt
+        handler(signal.SIGTERM, frame)
+
+    previous = signal.signal(signal.SIGINT, as_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def pause_schedules(url: str, names: Sequence[str], *, timeout: float = 5.0) -> None:
     """Pause the served deployments' schedules (`flow/deployment` names), so the server does not
     schedule runs that nothing executes; ServiceUnavailable at once if the API is gone."""
@@ -241,8 +265,12 @@ def serve_nightly(
 
     from pricecast.settings import get_settings
 
-    with ApiWatch(url, every=get_settings().serve_health_seconds), sigterm_deferred_until_serving():
-        # Returns on Ctrl-C; on SIGTERM Prefect's runner exits with code 0. Prefect's own pause
+    with (
+        ApiWatch(url, every=get_settings().serve_health_seconds),
+        sigterm_deferred_until_serving(),
+        sigint_as_sigterm(),
+    ):
+        # On SIGTERM (and Ctrl-C, made one) Prefect's runner exits with code 0. Prefect's own pause
         # on shutdown retries for about a minute when the server is gone; pause_schedules checks
         # first.
         try:
