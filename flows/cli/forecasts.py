@@ -242,15 +242,13 @@ def plot_accuracy(
     closes: Sequence[tuple[dt.date, float]],
 ) -> None:
     """Forecasts (one line per forecast week), their 80/95 % bands, and the actual closes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no global figures, no GUI backend
 
     first = min(r.target_date for r in rows) - dt.timedelta(days=7)
     last = max(r.target_date for r in rows)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     nights: dict[dt.date, list[Forecast]] = {}
     for r in rows:
         nights.setdefault(r.as_of, []).append(r)
@@ -290,7 +288,6 @@ def plot_accuracy(
     ax.legend(loc="best")
     fig.autofmt_xdate()
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
 
 
 def accuracy_command(

@@ -2,6 +2,10 @@
 night's parent with params, scores (per held-out week as steps), the predictions CSV, a
 forecast-vs-actual plot (with the 80/95 % bands) and, for a model trained tonight, the servable
 pyfunc (network + interval calibration from tonight's held-out residuals; `flows.serving`).
+
+The plots are matplotlib `Figure`s, not pyplot's: a training job draws on two threads at once
+(the night's chart while the last model's plot), and pyplot keeps its figures in one global
+registry that matplotlib does not make thread-safe.
 """
 
 from __future__ import annotations
@@ -148,15 +152,13 @@ def plot_forecast_vs_actual(
     predictions: np.ndarray,
     calibration: IntervalCalibration | None = None,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.dates
-    import matplotlib.pyplot as plt
     import pandas as pd
+    from matplotlib.figure import Figure  # not pyplot (see the module's doc)
 
     days = [w + pd.Timedelta(days=d) for w in backtest.held_out_weeks for d in range(7)]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig = Figure(figsize=(9, 4))
+    ax = fig.subplots()
     if calibration is not None:
         # In-sample bands (calibrated on these very weeks): they show the width, not coverage.
         for level, alpha in ((0.95, 0.15), (0.80, 0.3)):
@@ -180,7 +182,6 @@ def plot_forecast_vs_actual(
     ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d"))
     fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.12)
     fig.savefig(path, dpi=72)
-    plt.close(fig)
 
 
 def log_candidate_run(
@@ -338,16 +339,14 @@ COMPARISON_PLOT_FILE = "forecasts_vs_actual.png"
 def plot_comparison(path: Path, passes: Sequence[BacktestResult]) -> None:
     """Every scored model's forecast against the actual closes on the held-out weeks, in one
     picture (the night's parent run): the passes share their weeks and actuals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.dates
-    import matplotlib.pyplot as plt
     import pandas as pd
+    from matplotlib.figure import Figure  # not pyplot (see the module's doc)
 
     first = passes[0]
     days = [w + pd.Timedelta(days=d) for w in first.held_out_weeks for d in range(7)]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     ax.plot(days, first.actuals.ravel(), label="actual", color="black", linewidth=1.6)
     for result in passes:
         for scored in result.candidates:
@@ -366,7 +365,6 @@ def plot_comparison(path: Path, passes: Sequence[BacktestResult]) -> None:
     ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d"))
     fig.subplots_adjust(left=0.1, right=0.98, top=0.9, bottom=0.12)
     fig.savefig(path, dpi=72)
-    plt.close(fig)
 
 
 def log_comparison_chart(

@@ -43,7 +43,7 @@ from pricecast.errors import PricecastError, TrainingFailed, TrainingProcessDied
 
 #: What the real job needs, imported before the worker says it is ready so a job does not pay.
 WARM_IMPORTS: tuple[str, ...] = (
-    "matplotlib.pyplot",
+    "matplotlib.figure",
     "mlflow.keras",
     "forecasting.backtest",
     "forecasting.candidates",
