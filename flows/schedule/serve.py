@@ -112,7 +112,8 @@ def sigterm_deferred_until_serving(poll_seconds: float = 0.05) -> Iterator[None]
 
     def hold(signum: int, frame: FrameType | None) -> None:
         if not held:
-            _say("SIGTERM while the deployments are being registered: stopping once they are.")
+            what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"  # see sigint_as_sigterm
+            _say(f"{what} while the deployments are being registered: stopping once they are.")
         held.append(signum)
 
     previous = signal.signal(signal.SIGTERM, hold)
@@ -151,7 +152,7 @@ def sigint_as_sigterm() -> Iterator[None]:
         handler = signal.getsignal(signal.SIGTERM)
         if not callable(handler):  # nobody took SIGTERM over: Ctrl-C as usual
             raise KeyboardInterrupt
-        handler(signal.SIGTERM, frame)
+        handler(signum, frame)  # SIGINT: the hold says "Ctrl-C"; Prefect's ignores the number
 
     previous = signal.signal(signal.SIGINT, as_sigterm)
     try:

@@ -23,6 +23,7 @@ from flows.schedule.serve import (
     build_deployments,
     check_prefect_api,
     deployment_name,
+    sigint_as_sigterm,
     sigterm_deferred_until_serving,
     validate_schedule,
 )
@@ -45,16 +46,20 @@ def test_server_down_is_service_unavailable() -> None:
         check_prefect_api(url, timeout=2)
 
 
-def test_a_sigterm_while_registering_is_held_until_the_runner_serves(
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize(
+    ("sent", "named"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")]
+)
+def test_a_stop_while_registering_is_held_until_the_runner_serves(
+    capsys: pytest.CaptureFixture[str], sent: signal.Signals, named: str
 ) -> None:
     """SIGTERM before Prefect's runner took it over (in Runner.start) killed serve with the
-    schedules on; now it is held and sent again to the runner's own handler, once."""
+    schedules on; now it is held and sent again to the runner's own handler, once. Ctrl-C is
+    the same stop, and the line says which it was."""
     before = signal.getsignal(signal.SIGTERM)
     runner_got: list[int] = []
-    with sigterm_deferred_until_serving(poll_seconds=0.01):
-        os.kill(os.getpid(), signal.SIGTERM)  # registering: held (this process lives on)
-        os.kill(os.getpid(), signal.SIGTERM)
+    with sigterm_deferred_until_serving(poll_seconds=0.01), sigint_as_sigterm():
+        os.kill(os.getpid(), sent)  # registering: held (this process lives on)
+        os.kill(os.getpid(), sent)
         time.sleep(0.2)
         assert runner_got == []
         signal.signal(signal.SIGTERM, lambda signum, frame: runner_got.append(signum))
@@ -65,7 +70,8 @@ def test_a_sigterm_while_registering_is_held_until_the_runner_serves(
     assert runner_got == [signal.SIGTERM]  # once, however many came while registering
     assert signal.getsignal(signal.SIGTERM) is before
     err = capsys.readouterr().err
-    assert err.count("SIGTERM while the deployments are being registered: stopping once") == 1
+    assert err.count(f"{named} while the deployments are being registered: stopping once") == 1
+    assert err.count("while the deployments are being registered") == 1
 
 
 def test_without_a_sigterm_nothing_is_sent_and_the_handler_is_restored() -> None:
