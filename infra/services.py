@@ -352,7 +352,9 @@ def mlflow_spec(state: State, layout: Layout) -> ServerSpec:
         "--backend-store-uri", state.database_url("mlflow"),
         "--serve-artifacts", "--artifacts-destination", str(layout.mlflow_artifacts),
         "--host", HOST, "--port", str(state.mlflow_port),
-        "--workers", "1",  # a dev box: one worker is plenty and saves ~300 MB
+        # One worker: it saves ~300 MB, and uvicorn's multi-worker mode leaves Nagle's algorithm
+        # on, which costs every kept-alive request ~40 ms (flows/tracking/keepalive.py).
+        "--workers", "1",
     ]  # fmt: skip
     # Job execution (GenAI judges) would add seven ~200 MB huey workers we never use.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

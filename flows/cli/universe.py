@@ -180,7 +180,8 @@ def worker_command(
 
     It takes universe nights and ticker batches from the pool and runs each in a process of
     its own, with this environment: PRICECAST_DATABASE_URL, MLFLOW_TRACKING_URI and
-    PREFECT_API_URL must point at the shared services. See them under Work Pools in the UI.
+    PREFECT_API_URL must point at the shared services (it warns when the MLflow server is slow
+    on kept-alive connections: start it with --workers 1). See them under Work Pools in the UI.
     Their trainings go to one training process it starts beside it and keeps across runs
     (TensorFlow imported once; PRICECAST_TRAINING_RESIDENT=false: one per run). A Prefect
     server outage does not end it: when Prefect's worker gives up, it waits for the API and

@@ -245,6 +245,17 @@ def build_deployments(
     ]
 
 
+def warn_slow_mlflow() -> None:
+    """On stderr, when the MLflow server is slow on kept-alive connections (`flows.tracking.
+    keepalive`): what a long-running command that logs every night should say before it starts."""
+    from flows.tracking.keepalive import slow_keepalive_warning
+    from pricecast.settings import get_settings
+
+    warning = slow_keepalive_warning(get_settings().resolved_mlflow_uri)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
 def serve_nightly(
     tickers: Sequence[str],
     *,
@@ -259,6 +270,7 @@ def serve_nightly(
     `limit` caps concurrent runs: each trained night takes about 1 GB in its training process.
     """
     url = check_prefect_api(prefect_api_url())
+    warn_slow_mlflow()
     deployments = build_deployments(
         tickers, source=source, cron=cron, timezone=timezone, parameters=parameters
     )

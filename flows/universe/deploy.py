@@ -18,6 +18,7 @@ from flows.schedule.serve import (
     DEFAULT_TIMEZONE,
     check_prefect_api,
     validate_schedule,
+    warn_slow_mlflow,
 )
 from flows.universe.fanout import ENGINE_COMMAND, batch_deployment, universe_deployment
 from pricecast.errors import ConfigError
@@ -200,6 +201,7 @@ def exec_worker(*, pool: str, limit: int | None, name: str | None = None) -> NoR
     check_worker_pool(pool)
     for warning in local_store_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
+    warn_slow_mlflow()
     argv = worker_argv(pool, limit=limit, name=name)
     env = worker_env(settings, os.environ)
     if settings.training_resident:
