@@ -525,13 +525,27 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
                 extra.wait(timeout=30)
         with contextlib.redirect_stdout(sys.stderr):
             services.down(settings)
-        if state is not None:
-            engine = services._engine(state.pg_admin_url)
-            with engine.connect() as conn:
-                for database in state.databases.values():
-                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            engine.dispose()
+        drop_databases(services, settings, state)
     return phases
+
+
+def drop_databases(services: ModuleType, settings: Any, state: Any) -> None:
+    """Drop the bench's databases; also when `services up` failed after creating some of them
+    (no state then: the names come from the bench's own prefix, on the reused Postgres)."""
+    if state is not None:
+        admin_url, names = state.pg_admin_url, list(state.databases.values())
+    else:
+        admin_url, names = settings.pg_admin_url, list(services.database_names(settings).values())
+    try:
+        engine = services._engine(admin_url)
+        try:
+            with engine.connect() as conn:
+                for database in names:
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            engine.dispose()
+    except Exception as exc:  # a Postgres of its own, stopped by `down`, took them with it
+        print(f"could not drop the bench's databases {names}: {exc}", file=sys.stderr)
 
 
 def _growths(phases: tuple[dict[str, Any], ...]) -> list[float]:
