@@ -17,8 +17,9 @@ import http.client
 import socket
 import statistics
 import time
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
+from flows.tracking.tracker import health_url
 from pricecast.urls import mask_url
 
 #: Requests on fresh connections, and on one kept-alive connection after its first.
@@ -28,8 +29,7 @@ SAMPLES = 3
 THRESHOLD_SECONDS = 0.025
 
 
-def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
+def _connection(parts: SplitResult, timeout: float) -> http.client.HTTPConnection:
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = kind(parts.hostname or "", parts.port, timeout=timeout)
     connection.connect()
@@ -41,7 +41,7 @@ def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
 
 def _timed_get(connection: http.client.HTTPConnection, path: str) -> float:
     started = time.perf_counter()
-    connection.request("GET", path, headers={"Connection": "keep-alive"})
+    connection.request("GET", path)  # HTTP/1.1: the connection stays open
     response = connection.getresponse()
     response.read()
     if response.status >= 400:
@@ -52,22 +52,23 @@ def _timed_get(connection: http.client.HTTPConnection, path: str) -> float:
 def keepalive_delay(tracking_uri: str, *, timeout: float = 5.0) -> tuple[float, float] | None:
     """(median seconds of a /health request on a fresh connection, on a kept-alive one), None
     when the URI is not an HTTP server or the requests fail."""
-    parts = urlsplit(tracking_uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if urlsplit(tracking_uri).scheme not in ("http", "https"):
         return None
-    path = (parts.path.rstrip("/") or "") + "/health"
+    parts = urlsplit(health_url(tracking_uri))
+    if not parts.hostname:
+        return None
     try:
         fresh = []
         for _ in range(SAMPLES):
-            connection = _connection(tracking_uri, timeout)
+            connection = _connection(parts, timeout)
             try:
-                fresh.append(_timed_get(connection, path))
+                fresh.append(_timed_get(connection, parts.path))
             finally:
                 connection.close()
-        connection = _connection(tracking_uri, timeout)
+        connection = _connection(parts, timeout)
         try:
-            _timed_get(connection, path)  # the connection's first request is a fresh one
-            kept = [_timed_get(connection, path) for _ in range(SAMPLES)]
+            _timed_get(connection, parts.path)  # the connection's first request is a fresh one
+            kept = [_timed_get(connection, parts.path) for _ in range(SAMPLES)]
         finally:
             connection.close()
     except (OSError, http.client.HTTPException, ValueError):

@@ -137,16 +137,21 @@ def unavailable(tracking_uri: str, what: str, exc: BaseException) -> ServiceUnav
     )
 
 
+def health_url(tracking_uri: str) -> str:
+    """The MLflow server's health endpoint, without the credentials: urllib would take
+    `user:password@host` for a host name, and the endpoint needs none (MLflow's own client sends
+    them with every real request)."""
+    parts = urlsplit(tracking_uri)
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    return urlunsplit(bare).rstrip("/") + "/health"
+
+
 def _probe_http(tracking_uri: str, timeout_seconds: float = 5.0) -> None:
     """Fail fast (no retries) when an MLflow server does not answer its health endpoint."""
     import urllib.error
     import urllib.request
 
-    # Without the credentials: urllib would take `user:password@host` for a host name, and the
-    # health endpoint needs none (MLflow's own client sends them with every real request).
-    parts = urlsplit(tracking_uri)
-    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-    url = urlunsplit(bare).rstrip("/") + "/health"
+    url = health_url(tracking_uri)
     try:
         with urllib.request.urlopen(url, timeout=timeout_seconds) as response:  # noqa: S310
             response.read(64)

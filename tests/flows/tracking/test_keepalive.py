@@ -3,10 +3,14 @@ multi-worker bind leaves Nagle's algorithm on, as under `mlflow server`'s defaul
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import pytest
 
 from flows.tracking.keepalive import keepalive_delay, slow_keepalive_warning
 from tests.conftest import free_port, stop_group, wait_for
+from tests.flows.universe.test_pool import ROOT
 
 #: Answers /health as MLflow's server does: headers, then the body in a second write.
 APP = textwrap.dedent(
@@ -93,13 +98,6 @@ def test_pricecast_worker_says_so_before_it_starts(
 ) -> None:
     """The worker's start, on the session's Prefect server, with MLFLOW_TRACKING_URI at a slow
     server: the warning is on stderr, and the worker still starts (stopped by SIGTERM)."""
-    import os
-    import signal
-    import threading
-    import uuid
-
-    from tests.flows.universe.test_pool import ROOT
-
     slow = uvicorn_server(2)
     env = {
         **os.environ,
