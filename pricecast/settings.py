@@ -112,12 +112,14 @@ class Settings(BaseSettings):
     # --limit (each run trains in a process of its own, ~1 GB).
     universe_runs_per_worker: int = Field(default=1, ge=1)
     universe_wait_timeout_seconds: float = Field(default=6 * 3600.0, gt=0)
-    # How often a universe night reads its batch runs' states (one request for all of them).
+    # How often a universe night reads its batch runs' states (one request for all of them),
+    # besides the moment Prefect's event stream says one changed (flows/universe/wakeup.py).
     universe_poll_seconds: float = Field(default=1.0, gt=0)
     worker_pool: str = Field(default="pricecast", description="Work pool of deploy and worker.")
     # How often a worker asks for runs (Prefect's PREFECT_WORKER_QUERY_SECONDS, default 10 s,
-    # wins when set): a batch run waits ~1 s on average before a worker takes it, for one
-    # request every 2 s per worker to the server.
+    # wins when set), one request every 2 s per worker to the server. It also asks the moment
+    # Prefect's event stream says a run was scheduled in its pool (flows/universe/wakeup.py);
+    # this poll is the fallback when the stream is down.
     worker_query_seconds: float = Field(default=2.0, gt=0)
     # How often `pricecast serve` checks that the Prefect API answers (it says when it stops).
     serve_health_seconds: float = Field(default=15.0, gt=0)

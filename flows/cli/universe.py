@@ -178,12 +178,14 @@ def worker_command(
 ) -> None:
     """Start a Prefect worker for the pool (runs until Ctrl-C).
 
-    It takes universe nights and ticker batches from the pool and runs each in a process of
-    its own, with this environment: PRICECAST_DATABASE_URL, MLFLOW_TRACKING_URI and
-    PREFECT_API_URL must point at the shared services (it warns when the MLflow server is slow
-    on kept-alive connections: start it with --workers 1). See them under Work Pools in the UI.
-    Their trainings go to one training process it starts beside it and keeps across runs
-    (TensorFlow imported once; PRICECAST_TRAINING_RESIDENT=false: one per run). A Prefect
+    It takes universe nights and ticker batches from the pool the moment Prefect's event stream
+    says one was scheduled there (and at every poll, PRICECAST_WORKER_QUERY_SECONDS), and runs
+    each in a process of its own, with this environment: PRICECAST_DATABASE_URL,
+    MLFLOW_TRACKING_URI and PREFECT_API_URL must point at the shared services (it warns when
+    the MLflow server is slow on kept-alive connections: start it with --workers 1). See them
+    under Work Pools in the UI. Their trainings go to one training process it starts beside it
+    and keeps across runs (TensorFlow imported once; PRICECAST_TRAINING_RESIDENT=false: one per
+    run). A Prefect
     server outage does not end it: when Prefect's worker gives up, it waits for the API and
     starts the worker again under the same name. Ctrl-C or SIGTERM: it takes no new runs, lets
     the running ones end, then stops; a second one stops it at once.

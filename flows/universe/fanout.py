@@ -169,17 +169,21 @@ def wait_for_batches(
 ) -> list[BatchRun]:
     """Poll the runs' states until every one is final or `timeout_seconds` passed; runs that
     never started by then are cancelled (a later worker would otherwise run them unreported).
-    The tracking task of each run in the parent mirrors its end."""
+    The tracking task of each run in the parent mirrors its end. Polls every `poll_seconds`, and
+    at once when Prefect's event stream says one of the runs changed state (`wakeup.py`)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.universe.wakeup import state_wakeup
 
     pending = {run.flow_run_id: run for run in runs}
     ended: dict[UUID, BatchRun] = {}
     started = time.monotonic()
     warned_at = started
     seen_states: dict[UUID, str | None] = {}
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client, state_wakeup(list(pending)) as wakeup:
         while pending:
+            wakeup.clear()  # a change from here on cuts the wait below short
             found = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending)))
             )
@@ -217,7 +221,7 @@ def wait_for_batches(
                     f"{len(pending)} batch run(s) still waiting for a worker of pool {pool!r} "
                     f"({online} online); start one with `pricecast worker --pool {pool}`"
                 )
-            time.sleep(poll_seconds)
+            wakeup.wait(poll_seconds)
     return [ended[run.flow_run_id] for run in runs]
 
 

@@ -10,6 +10,10 @@ the API's /health to answer again (saying so once), and starts the worker again 
 name; its resident training process (owned by this pid) stays. Any other error ends the process
 as before.
 
+Besides its poll every PREFECT_WORKER_QUERY_SECONDS, the worker polls the moment Prefect's event
+stream says a run was scheduled in its pool (`flows.universe.wakeup`), so a universe night's
+batch starts at once rather than up to a poll interval later.
+
 Ctrl-C and SIGTERM stop it as Prefect means them to (`prefect worker start`'s handlers raise
 KeyboardInterrupt, which Prefect's worker swallowed here both while a flow run ran and while the
 API was down: it never stopped, or ran on until it gave up and was then started again). The first
@@ -35,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from uuid import UUID
 
 #: What Prefect's `critical_service_loop` raises when its API stays unreachable.
 GAVE_UP = "Service exceeded error threshold"
@@ -172,23 +177,33 @@ def wait_for_api(
 
 
 def draining_worker_class() -> type[Any]:
-    """Prefect's process worker, taking no new flow runs once its `draining` is set."""
+    """Prefect's process worker, taking no new flow runs once its `draining` is set, and polling
+    again as soon as one of its slots frees (a run ended, or another worker won its claim)."""
     from prefect.client.schemas.objects import FlowRun
     from prefect.workers.process import ProcessWorker
 
     class DrainingProcessWorker(ProcessWorker):
         draining = False
+        #: Set by `wakeup.wake_worker`: makes the worker poll its pool now.
+        wake: Callable[[], None] | None = None
 
         async def get_and_submit_flow_runs(self) -> list[FlowRun]:
             if self.draining:
                 return []
             return await super().get_and_submit_flow_runs()
 
+        def _release_limit_slot(self, flow_run_id: UUID) -> None:
+            super()._release_limit_slot(flow_run_id)
+            if self.wake is not None:  # a free slot: a waiting run starts now, not at the poll
+                self.wake()
+
     return DrainingProcessWorker
 
 
 async def _run_once(pool: str, limit: int | None, name: str, stop: StopRequest) -> None:
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+
+    from flows.universe.wakeup import wake_worker
 
     worker = draining_worker_class()(
         name=name,
@@ -200,7 +215,15 @@ async def _run_once(pool: str, limit: int | None, name: str, stop: StopRequest) 
     task = asyncio.current_task()
     assert task is not None
     stop.running(task, worker)
-    await worker.start(printer=lambda *args: print(*args, flush=True))
+    # Prefect's worker polls its pool every PREFECT_WORKER_QUERY_SECONDS; this makes it poll also
+    # the moment a run is scheduled there (Prefect's event stream), so a batch starts at once.
+    wake = asyncio.create_task(wake_worker(worker))
+    try:
+        await worker.start(printer=lambda *args: print(*args, flush=True))
+    finally:
+        wake.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await wake
 
 
 def install_stop(name: str) -> StopRequest:
