@@ -226,3 +226,30 @@ def test_a_freed_slot_wakes_the_worker() -> None:
     worker.wake = lambda: woken.append(True)
     worker._release_limit_slot(uuid.uuid4())
     assert woken == [True]
+
+
+def test_a_ticker_night_ends_without_waiting_for_its_heartbeat_thread(api_env: str) -> None:
+    """Prefect joins a flow run's heartbeat thread, which sleeps in one-second steps, when the
+    run ends; the nights of a batch send none (their batch's run does), so they end at once."""
+    from prefect import flow
+
+    from flows.universe.batch import without_heartbeats
+
+    returned: list[float] = []
+
+    @flow
+    def night() -> None:
+        returned.append(time.monotonic())
+
+    @flow
+    def batch() -> dict[str, float]:
+        night()
+        with_heartbeat = time.monotonic() - returned[-1]
+        with without_heartbeats():
+            night()
+        without = time.monotonic() - returned[-1]
+        return {"with": with_heartbeat, "without": without}
+
+    waited = batch()
+    assert waited["without"] < 0.3, waited
+    assert waited["with"] > waited["without"] + 0.3, waited  # what Prefect does by default
