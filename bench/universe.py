@@ -367,6 +367,11 @@ def run_phase(
         "training_processes": training_processes(nights),
         "where": result.where,
         "batch_runs": batch_runs,
+        # The universe night's own states: its Completed against the wall shows what its return
+        # (Prefect's end of a flow run in this process) adds.
+        "universe_run": state_times(uuid.UUID(result.flow_run_id), since)
+        if result.flow_run_id
+        else {},
         "timeline": timeline(nights, since),
     }
 
