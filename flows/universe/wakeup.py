@@ -34,6 +34,10 @@ RETRY_SECONDS = (2.0, 60.0)
 #: the next only once its claim on the first has been turned down.
 SETTLE_SECONDS = 0.3
 
+#: At most one such pair of polls a second, whatever wakes the worker: a claim the server keeps
+#: turning down frees its slot, which wakes the worker, every time.
+MIN_CYCLE_SECONDS = 1.0
+
 
 async def listen(
     make_filter: Callable[[], EventFilter],
@@ -101,11 +105,16 @@ def states_of(flow_run_ids: Iterable[UUID]) -> EventFilter:
     )
 
 
-async def wake_worker(worker: Any, *, settle_seconds: float = SETTLE_SECONDS) -> None:
+async def wake_worker(
+    worker: Any,
+    *,
+    settle_seconds: float = SETTLE_SECONDS,
+    min_cycle_seconds: float = MIN_CYCLE_SECONDS,
+) -> None:
     """Make Prefect's `worker` poll its pool whenever a run is scheduled there, and whenever
     it calls its `wake` (a slot freed), until cancelled (run beside `worker.start()`). Waits for
     the worker's first sync, which tells the pool's id; each wake-up polls twice,
-    `settle_seconds` apart."""
+    `settle_seconds` apart, and wake-ups come at most once per `min_cycle_seconds`."""
     while getattr(worker, "_work_pool", None) is None or not worker._has_successfully_synced:
         await asyncio.sleep(0.2)
     wanted = asyncio.Event()
@@ -113,8 +122,10 @@ async def wake_worker(worker: Any, *, settle_seconds: float = SETTLE_SECONDS) ->
         worker.wake = wanted.set
 
     async def poll() -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await wanted.wait()
+            started = loop.time()
             for pause in (0.0, settle_seconds):
                 await asyncio.sleep(pause)
                 wanted.clear()
@@ -122,6 +133,7 @@ async def wake_worker(worker: Any, *, settle_seconds: float = SETTLE_SECONDS) ->
                     continue
                 with contextlib.suppress(Exception):  # the worker's own poll reports failures
                     await worker.get_and_submit_flow_runs()
+            await asyncio.sleep(max(0.0, min_cycle_seconds - (loop.time() - started)))
 
     def on_event(event: Any) -> None:
         if concerns_pool(event, worker._work_pool.id):

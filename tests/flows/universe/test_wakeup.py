@@ -253,3 +253,33 @@ def test_a_ticker_night_ends_without_waiting_for_its_heartbeat_thread(api_env: s
     waited = batch()
     assert waited["without"] < 0.3, waited
     assert waited["with"] > waited["without"] + 0.3, waited  # what Prefect does by default
+
+
+def test_a_worker_woken_by_every_poll_polls_at_most_twice_a_second() -> None:
+    """A claim the server keeps turning down frees the worker's slot, which wakes it, on every
+    poll: the wake-ups are bounded (no stream here: its URL answers nothing)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Refused(FakeWorker):
+        wake: Any = None
+
+        async def get_and_submit_flow_runs(self) -> list[Any]:
+            await super().get_and_submit_flow_runs()
+            assert self.wake is not None
+            self.wake()  # as a turned-down claim does
+            return []
+
+    worker = Refused({"name": "p", "type": "process", "id": str(uuid.uuid4())})
+
+    async def main() -> None:
+        waker = asyncio.create_task(wake_worker(worker, settle_seconds=0.3, min_cycle_seconds=1))
+        await asyncio.sleep(0.5)
+        assert worker.wake is not None
+        worker.wake()
+        await asyncio.sleep(3.0)
+        waker.cancel()
+        await asyncio.gather(waker, return_exceptions=True)
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        asyncio.run(main())
+    assert 4 <= len(worker.polls) <= 8, worker.polls
