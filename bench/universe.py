@@ -118,16 +118,28 @@ def _residents_of(owner: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes | None:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return None
+
+
 def tree_rss(root: int) -> dict[str, float]:
     """RSS (MB) of `root`, each of its descendants and its resident training process, by pid
-    and command."""
-    tree, sizes, stack = _children(), {}, [root, *_residents_of(root)]
+    and command. A child with its parent's very command line is a fork that has not yet run its
+    own program (a subprocess starting: MLflow's `git` calls in the training process): it
+    shares its parent's memory, so it is left out rather than counting the parent twice."""
+    tree, sizes = _children(), {}
+    stack: list[tuple[int, int | None]] = [(root, None)]
+    stack += [(pid, None) for pid in _residents_of(root)]
     while stack:
-        pid = stack.pop()
+        pid, parent = stack.pop()
         if f"{pid} {_what(pid)}" in sizes:
             continue
+        if parent is not None and _cmdline(pid) == _cmdline(parent) is not None:
+            continue
         sizes[f"{pid} {_what(pid)}"] = _rss_mb(pid)
-        stack.extend(tree.get(pid, []))
+        stack.extend((child, pid) for child in tree.get(pid, []))
     return sizes
 
 
