@@ -10,7 +10,8 @@ default 127.0.0.1:5432), an MLflow server with served artifacts, a Prefect serve
 PRICECAST_HOME; the second worker is one more `pricecast worker`. Each phase runs its own tickers
 (the same seeds, other names), so both do the same work from empty stores, and starts once its
 workers are online and their resident training processes ready (workers run ahead of a night).
-At the end the services are stopped and the databases dropped.
+At the end the services are stopped and the databases dropped; the temporary PRICECAST_HOME is
+removed after a run that succeeded, and kept (with the services' logs) after one that failed.
 
 Reported per phase: wall time of the universe run, tickers per minute, the sum of the nights'
 training seconds, efficiency sum(train) / wall, how busy the machine's CPUs were, the steady
@@ -33,6 +34,7 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -452,9 +454,9 @@ def wait_resident_ready(log: Path, owner: int, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
-def bench_environment(epochs: int | None) -> str:
+def bench_environment(epochs: int | None) -> tuple[str, Path]:
     """A scratch PRICECAST_HOME, ports, database prefix and work pool in os.environ (nothing of
-    the caller's services); returns the pool's name."""
+    the caller's services); returns the pool's name and the scratch home."""
     home = Path(tempfile.mkdtemp(prefix="pricecast-bench-universe-"))
     home.chmod(0o755)
     pool = f"bench-{uuid.uuid4().hex[:6]}"
@@ -481,7 +483,7 @@ def bench_environment(epochs: int | None) -> str:
         os.environ.pop(name, None)
     if epochs is not None:
         os.environ["PRICECAST_EPOCHS"] = str(epochs)
-    return pool
+    return pool, home
 
 
 def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
@@ -626,10 +628,16 @@ def main() -> int:
     # A kill (SIGTERM) still stops the services and drops the databases (run_phases' finally).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     as_of = dt.date.fromisoformat(args.as_of)
-    pool = bench_environment(args.epochs)
+    pool, home = bench_environment(args.epochs)
     started = time.perf_counter()
-    phases = run_phases(load_services(), pool, tickers=args.tickers, as_of=as_of,
-                        epochs=args.epochs)  # fmt: skip
+    try:
+        phases = run_phases(load_services(), pool, tickers=args.tickers, as_of=as_of,
+                            epochs=args.epochs)  # fmt: skip
+    except BaseException:
+        print(f"the bench's logs are kept in {home / 'services' / 'logs'} and {home / 'work'}",
+              file=sys.stderr)  # fmt: skip
+        raise
+    shutil.rmtree(home, ignore_errors=True)  # services stopped: only their logs and stores
     if args.json:
         print(json.dumps({"as_of": as_of.isoformat(), "phases": phases}, indent=2, default=str))
         return 0
