@@ -110,6 +110,7 @@ async def wake_worker(
     *,
     settle_seconds: float = SETTLE_SECONDS,
     min_cycle_seconds: float = MIN_CYCLE_SECONDS,
+    retry_seconds: tuple[float, float] = RETRY_SECONDS,
 ) -> None:
     """Make Prefect's `worker` poll its pool whenever a run is scheduled there, and whenever
     it calls its `wake` (a slot freed), until cancelled (run beside `worker.start()`). Waits for
@@ -141,7 +142,9 @@ async def wake_worker(
 
     poller = asyncio.create_task(poll())
     try:
-        await listen(lambda: scheduled_in_pool(worker._work_pool.id), on_event)
+        await listen(
+            lambda: scheduled_in_pool(worker._work_pool.id), on_event, retry_seconds=retry_seconds
+        )
     finally:
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -19,7 +19,7 @@ import pytest
 
 from flows.universe.fanout import BatchRun, wait_for_batches
 from flows.universe.wakeup import StateWakeup, listen, wake_worker
-from tests.conftest import wait_for
+from tests.conftest import PrefectServer, wait_for
 from tests.flows.universe.test_pool import cli, pool_env, two_workers
 
 __all__ = ["pool_env"]  # the fixture, imported for the end-to-end test
@@ -283,3 +283,37 @@ def test_a_worker_woken_by_every_poll_polls_at_most_twice_a_second() -> None:
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         asyncio.run(main())
     assert 4 <= len(worker.polls) <= 8, worker.polls
+
+
+@pytest.mark.slow
+def test_the_wakeup_comes_back_with_a_restarted_server(own_prefect_server: PrefectServer) -> None:
+    """The server goes away under a listening worker and comes back: the stream opens again on
+    its own, and the next scheduled run wakes the worker at once."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = own_prefect_server
+    api = httpx.Client(base_url=server.url, timeout=30)
+    pool, deployment = _pool_with_deployment(api)
+    worker = FakeWorker(pool)
+
+    async def main() -> list[float]:
+        waker = asyncio.create_task(wake_worker(worker, retry_seconds=(0.5, 1.0)))
+        try:
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(3.0)  # the stream opens again within its 1 s retry
+            worker.polls.clear()
+            at = time.monotonic()
+            await asyncio.to_thread(_schedule, api, deployment)
+            await asyncio.sleep(2.0)
+            return [round(t - at, 2) for t in worker.polls]
+        finally:
+            waker.cancel()
+            await asyncio.gather(waker, return_exceptions=True)
+
+    with temporary_settings(updates={PREFECT_API_URL: server.url}):
+        polls = asyncio.run(main())
+    assert polls and polls[0] < 1.0, polls
+    api.close()
