@@ -217,7 +217,9 @@ async def _run_once(pool: str, limit: int | None, name: str, stop: StopRequest) 
     stop.running(task, worker)
     # Prefect's worker polls its pool every PREFECT_WORKER_QUERY_SECONDS; this makes it poll also
     # the moment a run is scheduled there (Prefect's event stream), so a batch starts at once.
-    wake = asyncio.create_task(wake_worker(worker))
+    wake = asyncio.create_task(
+        wake_worker(worker, log=lambda line: print(f"pricecast worker: {line}", flush=True))
+    )
     try:
         await worker.start(printer=lambda *args: print(*args, flush=True))
     finally:

@@ -111,12 +111,16 @@ async def wake_worker(
     settle_seconds: float = SETTLE_SECONDS,
     min_cycle_seconds: float = MIN_CYCLE_SECONDS,
     retry_seconds: tuple[float, float] = RETRY_SECONDS,
+    log: Callable[[str], None] | None = None,
 ) -> None:
     """Make Prefect's `worker` poll its pool whenever a run is scheduled there, and whenever
     it calls its `wake` (a slot freed), until cancelled (run beside `worker.start()`). Waits for
     the worker's first sync, which tells the pool's id; each wake-up polls twice,
-    `settle_seconds` apart, and wake-ups come at most once per `min_cycle_seconds`."""
-    while getattr(worker, "_work_pool", None) is None or not worker._has_successfully_synced:
+    `settle_seconds` apart, and wake-ups come at most once per `min_cycle_seconds`. `log`
+    hears once of each series of stream failures."""
+    while getattr(worker, "_work_pool", None) is None or not getattr(
+        worker, "_has_successfully_synced", True
+    ):
         await asyncio.sleep(0.2)
     wanted = asyncio.Event()
     if hasattr(worker, "wake"):  # pool_worker's worker class: a freed slot polls too
@@ -143,7 +147,10 @@ async def wake_worker(
     poller = asyncio.create_task(poll())
     try:
         await listen(
-            lambda: scheduled_in_pool(worker._work_pool.id), on_event, retry_seconds=retry_seconds
+            lambda: scheduled_in_pool(worker._work_pool.id),
+            on_event,
+            log=log,
+            retry_seconds=retry_seconds,
         )
     finally:
         poller.cancel()

@@ -287,17 +287,19 @@ def test_a_worker_woken_by_every_poll_polls_at_most_twice_a_second() -> None:
 
 @pytest.mark.slow
 def test_the_wakeup_comes_back_with_a_restarted_server(own_prefect_server: PrefectServer) -> None:
-    """The server goes away under a listening worker and comes back: the stream opens again on
-    its own, and the next scheduled run wakes the worker at once."""
+    """The server goes away under a listening worker and comes back: the worker's log hears of
+    it once, the stream opens again on its own, and the next scheduled run wakes the worker at
+    once."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server = own_prefect_server
     api = httpx.Client(base_url=server.url, timeout=30)
     pool, deployment = _pool_with_deployment(api)
     worker = FakeWorker(pool)
+    said: list[str] = []
 
     async def main() -> list[float]:
-        waker = asyncio.create_task(wake_worker(worker, retry_seconds=(0.5, 1.0)))
+        waker = asyncio.create_task(wake_worker(worker, retry_seconds=(0.5, 1.0), log=said.append))
         try:
             await asyncio.sleep(1.5)
             await asyncio.to_thread(server.stop)
@@ -316,4 +318,6 @@ def test_the_wakeup_comes_back_with_a_restarted_server(own_prefect_server: Prefe
     with temporary_settings(updates={PREFECT_API_URL: server.url}):
         polls = asyncio.run(main())
     assert polls and polls[0] < 1.0, polls
+    # The worker's log says so once for the outage (`pricecast worker` prints it).
+    assert len(said) == 1 and "polling only" in said[0], said
     api.close()
