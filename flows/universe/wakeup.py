@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -41,7 +41,7 @@ MIN_CYCLE_SECONDS = 1.0
 
 async def listen(
     make_filter: Callable[[], EventFilter],
-    on_event: Callable[[Any], Awaitable[None] | None],
+    on_event: Callable[[Any], None],
     *,
     log: Callable[[str], None] | None = None,
     retry_seconds: tuple[float, float] = RETRY_SECONDS,
@@ -49,7 +49,10 @@ async def listen(
     """Call `on_event(event)` for every event of Prefect's stream that `make_filter()` matches,
     until cancelled. A stream that fails or closes is opened again after a wait that doubles
     up to `retry_seconds[1]`; `log` hears of the first failure of a series."""
-    from prefect.events.clients import get_events_subscriber
+    from prefect.events.clients import events_out_socket_from_api_url, get_events_subscriber
+
+    from flows.prefect_api import prefect_api_url
+    from pricecast.urls import mask_url
 
     first, longest = retry_seconds
     delay = first
@@ -59,16 +62,16 @@ async def listen(
             async with get_events_subscriber(filter=make_filter(), reconnection_attempts=2) as sub:
                 delay, told = first, False
                 async for event in sub:
-                    outcome = on_event(event)
-                    if outcome is not None:
-                        await outcome
+                    on_event(event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if log is not None and not told:
+                stream = events_out_socket_from_api_url(mask_url(prefect_api_url() or "?"))
                 log(
-                    f"Prefect's event stream failed ({type(exc).__name__}: {exc}); polling only, "
-                    f"trying the stream again in {delay:g} s"
+                    f"Prefect's event stream {stream} failed ({type(exc).__name__}: {exc}); "
+                    f"polling only until it is back (trying again in {delay:g} s). If this "
+                    "lasts while the Prefect API answers, let websockets through to that URL"
                 )
                 told = True
         await asyncio.sleep(delay)

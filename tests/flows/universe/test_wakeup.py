@@ -139,6 +139,7 @@ def test_a_stream_that_cannot_open_is_retried_and_said_once() -> None:
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         asyncio.run(main())
     assert len(said) == 1 and "polling only" in said[0], said
+    assert "ws://127.0.0.1:9/api/events/out" in said[0], said  # where, and what to let through
 
 
 def test_the_universe_night_sees_its_batch_end_before_its_next_poll(api_env: str) -> None:
