@@ -100,12 +100,16 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _what(pid: int) -> str:
+def _cmdline(pid: int) -> bytes | None:
     with contextlib.suppress(OSError):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        words = [a.decode(errors="replace") for a in argv if a]
-        return " ".join(Path(words[0]).name.split() + words[1:3])[:60] if words else str(pid)
-    return str(pid)
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return None
+
+
+def _what(pid: int, cmdline: bytes | None = None) -> str:
+    command = cmdline if cmdline is not None else _cmdline(pid)
+    words = [a.decode(errors="replace") for a in (command or b"").split(b"\0") if a]
+    return " ".join(Path(words[0]).name.split() + words[1:3])[:60] if words else str(pid)
 
 
 def _residents_of(owner: int) -> list[int]:
@@ -120,28 +124,22 @@ def _residents_of(owner: int) -> list[int]:
     return found
 
 
-def _cmdline(pid: int) -> bytes | None:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    return None
-
-
 def tree_rss(root: int) -> dict[str, float]:
     """RSS (MB) of `root`, each of its descendants and its resident training process, by pid
     and command. A child with its parent's very command line is a fork that has not yet run its
     own program (a subprocess starting: MLflow's `git` calls in the training process): it
     shares its parent's memory, so it is left out rather than counting the parent twice."""
     tree, sizes = _children(), {}
-    stack: list[tuple[int, int | None]] = [(root, None)]
+    stack: list[tuple[int, bytes | None]] = [(root, None)]
     stack += [(pid, None) for pid in _residents_of(root)]
     while stack:
-        pid, parent = stack.pop()
-        if f"{pid} {_what(pid)}" in sizes:
+        pid, parent_cmdline = stack.pop()
+        cmdline = _cmdline(pid)
+        key = f"{pid} {_what(pid, cmdline)}"
+        if key in sizes or (cmdline is not None and cmdline == parent_cmdline):
             continue
-        if parent is not None and _cmdline(pid) == _cmdline(parent) is not None:
-            continue
-        sizes[f"{pid} {_what(pid)}"] = _rss_mb(pid)
-        stack.extend((child, pid) for child in tree.get(pid, []))
+        sizes[key] = _rss_mb(pid)
+        stack.extend((child, cmdline) for child in tree.get(pid, []))
     return sizes
 
 
