@@ -117,10 +117,9 @@ def _residents_of(owner: int) -> list[int]:
     run started after the worker's own had exited, once that flow run ended)."""
     found = []
     for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
-            if b"--listen" in argv and f"--owner\0{owner}\0".encode() in b"\0".join(argv):
-                found.append(int(proc.name))
+        cmdline = (_cmdline(int(proc.name)) if proc.name.isdigit() else None) or b""
+        if b"\0--listen\0" in cmdline and f"\0--owner\0{owner}\0".encode() in cmdline:
+            found.append(int(proc.name))
     return found
 
 
@@ -163,11 +162,12 @@ KINDS = (
 
 def _kind(pid: int) -> str:
     """The process's kind; 'other: <command>' for one not in KINDS."""
-    with contextlib.suppress(OSError):
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        found = next((kind for key, kind in KINDS if key in command), None)
-        return found or f"other: {command[:50]}"
-    return "other"
+    cmdline = _cmdline(pid)
+    if cmdline is None:
+        return "other"
+    command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    found = next((kind for key, kind in KINDS if key in command), None)
+    return found or f"other: {command[:50]}"
 
 
 def _cpu_seconds(pid: int) -> float | None:
