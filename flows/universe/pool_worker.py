@@ -134,7 +134,10 @@ class StopRequest:
 
 def flow_run_processes(parent: int | None = None) -> list[int]:
     """The pids of the children of `parent` (default: this process) that run a flow run
-    (`python -m prefect.engine`)."""
+    (`python -m prefect.engine`, or a ready engine process that was handed one; an idle ready
+    process is not one)."""
+    from flows.universe.ready_engine import runs_flow_run
+
     found = []
     wanted = str(os.getpid() if parent is None else parent)
     for proc in Path("/proc").iterdir():
@@ -142,7 +145,7 @@ def flow_run_processes(parent: int | None = None) -> list[int]:
             continue
         with contextlib.suppress(OSError, IndexError):
             ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            if ppid == wanted and b"prefect.engine" in (proc / "cmdline").read_bytes():
+            if ppid == wanted and runs_flow_run(int(proc.name)):
                 found.append(int(proc.name))
     return found
 
@@ -182,10 +185,25 @@ def draining_worker_class() -> type[Any]:
     from prefect.client.schemas.objects import FlowRun
     from prefect.workers.process import ProcessWorker
 
+    from flows.universe.ready_engine import ReadyEngines, serving
+
     class DrainingProcessWorker(ProcessWorker):
         draining = False
         #: Set by `wakeup.wake_worker`: makes the worker poll its pool now.
         wake: Callable[[], None] | None = None
+        #: The engine process kept ready while the worker runs nothing (`ready_engine`).
+        engines: ReadyEngines | None = None
+        _in_flight = 0
+
+        async def run(self, flow_run: FlowRun, configuration: Any, task_status: Any = None) -> Any:
+            self._in_flight += 1
+            try:
+                with serving(self.engines):
+                    return await super().run(flow_run, configuration, task_status)
+            finally:
+                self._in_flight -= 1
+                if self.engines is not None and not self._in_flight and not self.draining:
+                    self.engines.refill()
 
         async def get_and_submit_flow_runs(self) -> list[FlowRun]:
             if self.draining:
@@ -203,7 +221,10 @@ def draining_worker_class() -> type[Any]:
 async def _run_once(pool: str, limit: int | None, name: str, stop: StopRequest) -> None:
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
 
+    from flows.universe.ready_engine import ReadyEngines
+    from flows.universe.ready_engine import install as install_ready_engine
     from flows.universe.wakeup import wake_worker
+    from pricecast.settings import get_settings
 
     worker = draining_worker_class()(
         name=name,
@@ -212,20 +233,25 @@ async def _run_once(pool: str, limit: int | None, name: str, stop: StopRequest) 
         prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
         heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
     )
+    say = lambda line: print(f"pricecast worker: {line}", flush=True)  # noqa: E731
+    if get_settings().worker_ready_engine:
+        install_ready_engine()
+        worker.engines = ReadyEngines(say)
+        worker.engines.refill()
     task = asyncio.current_task()
     assert task is not None
     stop.running(task, worker)
     # Prefect's worker polls its pool every PREFECT_WORKER_QUERY_SECONDS; this makes it poll also
     # the moment a run is scheduled there (Prefect's event stream), so a batch starts at once.
-    wake = asyncio.create_task(
-        wake_worker(worker, log=lambda line: print(f"pricecast worker: {line}", flush=True))
-    )
+    wake = asyncio.create_task(wake_worker(worker, log=say))
     try:
         await worker.start(printer=lambda *args: print(*args, flush=True))
     finally:
         wake.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await wake
+        if worker.engines is not None:
+            await worker.engines.close()
 
 
 def install_stop(name: str) -> StopRequest:
