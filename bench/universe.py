@@ -151,6 +151,7 @@ def tree_rss_mb(root: int) -> float:
 KINDS = (
     ("flows.training", "training processes"),
     ("prefect.engine", "flow-run processes (batches)"),
+    ("flows.universe.ready_engine", "flow-run processes (batches)"),
     ("mlflow", "MLflow server"),
     ("flows.universe.pool_worker", "Prefect workers"),
     ("prefect worker", "Prefect workers"),
@@ -452,6 +453,20 @@ def wait_resident_ready(log: Path, owner: int, timeout: float = 180) -> None:
         time.sleep(0.5)
 
 
+def wait_engine_ready(log: Path, timeout: float = 180) -> None:
+    """Wait until the worker logging to `log` has an engine process ready for its next flow run
+    (`flows.universe.ready_engine`), when it keeps one: a phase starts with its workers warm."""
+    from pricecast.settings import get_settings
+
+    if not get_settings().worker_ready_engine:
+        return
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and "ready for the next flow run" in log.read_text(errors="replace")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no engine process ready after {timeout} s; see {log}")
+        time.sleep(0.2)
+
+
 def bench_environment(epochs: int | None) -> tuple[str, Path]:
     """A scratch PRICECAST_HOME, ports, database prefix and work pool in os.environ (nothing of
     the caller's services); returns the pool's name and the scratch home."""
@@ -515,6 +530,7 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
                 for index in range(1, tickers + 1):
                     add_member(f"B{phase}-T{index}", f"synthetic:{index}")
         workers = {"services worker": int(layout.pid_file("worker").read_text())}
+        worker_logs = {"services worker": layout.log_file("worker")}
         pricecast = Path(sys.executable).parent / "pricecast"
         worker_env = {**os.environ, **services.worker_spec(state, settings).env}
         for phase_index, (label, count) in enumerate(PHASES, start=1):
@@ -522,9 +538,12 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
                 extra = start_worker(pricecast, pool, "bench-worker-2", worker_env,
                                      layout.logs / "worker-2.log")  # fmt: skip
                 workers["second worker"] = extra.pid
+                worker_logs["second worker"] = layout.logs / "worker-2.log"
             wait_online(pool, count)
             for owner in workers.values():
                 wait_resident_ready(resident_log(settings), owner)
+            for log in worker_logs.values():
+                wait_engine_ready(log)
             names = [f"B{phase_index}-T{i}" for i in range(1, tickers + 1)]
             with contextlib.redirect_stdout(sys.stderr):
                 phases.append(run_phase(label, names, as_of=as_of, pool=pool, workers=workers,
