@@ -185,8 +185,9 @@ def worker_command(
     the MLflow server is slow on kept-alive connections: start it with --workers 1). See them
     under Work Pools in the UI. Their trainings go to one training process it starts beside it
     and keeps across runs (TensorFlow imported once; PRICECAST_TRAINING_RESIDENT=false: one per
-    run). A Prefect
-    server outage does not end it: when Prefect's worker gives up, it waits for the API and
+    run). While it runs nothing it keeps the next run's process started, its imports done
+    (PRICECAST_WORKER_READY_ENGINE=false: each run starts its own). A Prefect server outage does
+    not end it: when Prefect's worker gives up, it waits for the API and
     starts the worker again under the same name. Ctrl-C or SIGTERM: it takes no new runs, lets
     the running ones end, then stops; a second one stops it at once.
     """
