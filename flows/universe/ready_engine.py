@@ -168,12 +168,6 @@ class ReadyEngines:
         self._next: dict[str, str] | None = None
         self._told: set[str] = set()
         self._closed = False
-        self.handed = 0
-
-    @property
-    def process(self) -> anyio.abc.Process | None:
-        """The ready (or starting) process, if any."""
-        return self._process
 
     def refill(self) -> None:
         """Start a ready process in the background unless there is one (or one is starting), with
@@ -219,21 +213,21 @@ class ReadyEngines:
         self, command: list[str], env: Mapping[str, str | None], cwd: str | os.PathLike[str] | None
     ) -> anyio.abc.Process | None:
         """The ready process, handed this flow run's environment and directory; None if there is
-        none, or it does not fit the run (then it is stopped, and the next one gets the run's
-        environment)."""
+        none, if the run's command is not ours (the process stays ready), or if the run's
+        environment differs (then it is stopped, and the next one gets the run's)."""
         if self._starting is not None and not self._starting.done():
             # Still importing (a run right after the worker started): it will be ready sooner
             # than a new process would, and its stdout is read until it says so.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._starting)
         wanted = without_per_run(env)
-        ours = _same_interpreter(command, wanted)
-        if ours:  # the next ready process gets the environment our runs have
-            self._next = wanted
+        if not _same_interpreter(command, wanted):
+            return None  # not our engine command: the ready process waits for one that is
+        self._next = wanted  # the next ready process gets the environment our runs have
         process, self._process = self._process, None
         if process is None or process.returncode is not None:
             return None
-        if not ours or wanted != self._environment:
+        if wanted != self._environment:
             differ = sorted(
                 key
                 for key in set(wanted) | set(self._environment)
@@ -241,9 +235,9 @@ class ReadyEngines:
             )
             self._say_once(
                 "environment",
-                "a flow run's command or environment differs from the engine process started "
-                f"ahead of time (command {' '.join(command)!r}, variables {differ[:8]}): it "
-                "starts its own",
+                "a flow run's environment differs from the engine process started ahead of "
+                f"time (variables {differ[:8]}): it starts its own, the next ready one gets its "
+                "environment",
             )
             await _stop(process)
             return None
@@ -256,7 +250,6 @@ class ReadyEngines:
             self._say_once("order", f"the engine process started ahead of time is gone ({exc})")
             await _stop(process)
             return None
-        self.handed += 1
         return process
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -219,3 +220,20 @@ def test_a_run_taken_before_the_ready_process_is_ready_waits_for_it(
     with two_workers(env, tmp_path, count=1) as ([log], _):
         finished(api, run)
         assert process_of(api, run) == ready_pids(log)[0]
+
+
+def test_a_run_of_another_command_leaves_the_ready_process_for_the_next_of_ours(
+    env: dict[str, str], tmp_path: Path, api: httpx.Client
+) -> None:
+    """A run whose job names another command (here the engine by its full path) starts its own
+    process as Prefect does; the ready process stays and takes the next run of ours."""
+    pool = env["PRICECAST_WORKER_POOL"]
+    with two_workers(env, tmp_path, count=1) as ([log], _):
+        first = next_ready(log)
+        other = batch_run(api, pool, {"command": f"{sys.executable} -m prefect.engine"})
+        finished(api, other)
+        assert process_of(api, other) != first
+        ours = batch_run(api, pool)
+        finished(api, ours)
+        assert process_of(api, ours) == first
+        assert "differs" not in log.read_text(errors="replace")
