@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 
 # Before anything imports prefect: no telemetry (there is no network), no user-level state.
@@ -189,6 +190,26 @@ def stop_group(process: subprocess.Popen[bytes], *, grace: float = 30.0) -> None
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+class _RetryUnavailable(httpx.HTTPTransport):
+    """Retries a 503 a few times, as Prefect's own client does: a Prefect server on SQLite
+    answers 503 while its database is busy (seen once in CI on the shared server, right after
+    the worker tests' bursts of flow runs)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(5):
+            response = super().handle_request(request)
+            if response.status_code != 503 or attempt == 4:
+                return response
+            response.close()
+            time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
+
+
+def prefect_api(url: str, timeout: float = 30) -> httpx.Client:
+    """An HTTP client for a Prefect API that, like Prefect's client, retries a 503."""
+    return httpx.Client(base_url=url, timeout=timeout, transport=_RetryUnavailable())
 
 
 def wait_for(

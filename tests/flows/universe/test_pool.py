@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from pricecast.processes import process_alive
-from tests.conftest import stop_group, wait_for
+from tests.conftest import prefect_api, stop_group, wait_for
 from tests.flows.universe.scenario import (
     AS_OF,
     GOOD,
@@ -154,7 +154,7 @@ def test_universe_night_on_a_pool_with_two_workers_then_a_rerun(
     assert deployed.returncode == 0, deployed.stderr
     assert f"work pool {pool} (created, process type, no limit)" in deployed.stdout
     assert f"deployment nightly-universe/{pool}" in deployed.stdout
-    api = httpx.Client(base_url=prefect_server, timeout=30)
+    api = prefect_api(prefect_server)
     scheduled = api.get(f"/deployments/name/nightly-universe/{pool}").json()
     assert [s["schedule"]["cron"] for s in scheduled["schedules"]] == ["0 3 * * *"]
     assert scheduled["work_pool_name"] == pool
@@ -251,7 +251,7 @@ def test_a_worker_whose_python_lacks_pricecast_is_named_in_the_error(
     env = {**pool_env, "PATH": f"{elsewhere}{os.pathsep}/usr/bin{os.pathsep}/bin"}
     prefect = Path(sys.executable).parent / "prefect"
     log = tmp_path / "plain-worker.log"
-    api = httpx.Client(base_url=prefect_server, timeout=30)
+    api = prefect_api(prefect_server)
     with log.open("wb") as out:
         worker = subprocess.Popen(
             [str(prefect), "worker", "start", "--pool", pool, "--type", "process"],

@@ -21,7 +21,7 @@ import pytest
 
 from flows.universe.fanout import ENGINE_COMMAND
 from pricecast.processes import process_alive
-from tests.conftest import wait_for
+from tests.conftest import prefect_api, wait_for
 from tests.flows.universe.test_pool import ROOT, cli, pool_env, two_workers
 
 __all__ = ["pool_env"]  # the fixture
@@ -42,7 +42,7 @@ def env(pool_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def api(prefect_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=prefect_server, timeout=30) as client:
+    with prefect_api(prefect_server) as client:
         yield client
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from flows.universe.fanout import BatchRun, wait_for_batches
 from flows.universe.wakeup import StateWakeup, listen, wake_worker
-from tests.conftest import PrefectServer, wait_for
+from tests.conftest import PrefectServer, prefect_api, wait_for
 from tests.flows.universe.test_pool import cli, pool_env, two_workers
 
 __all__ = ["pool_env"]  # the fixture, imported for the end-to-end test
@@ -98,7 +98,7 @@ async def _polls_after(worker: FakeWorker, schedule: Any, *, wait: float) -> lis
 
 
 def test_a_run_scheduled_in_the_pool_makes_the_worker_poll_at_once(api_env: str) -> None:
-    api = httpx.Client(base_url=api_env, timeout=30)
+    api = prefect_api(api_env)
     pool, deployment = _pool_with_deployment(api)
     other_pool, other_deployment = _pool_with_deployment(api)
     worker = FakeWorker(pool)
@@ -143,7 +143,7 @@ def test_a_stream_that_cannot_open_is_retried_and_said_once() -> None:
 
 
 def test_the_universe_night_sees_its_batch_end_before_its_next_poll(api_env: str) -> None:
-    api = httpx.Client(base_url=api_env, timeout=30)
+    api = prefect_api(api_env)
     run = api.post("/flow_runs/", json={"flow_id": _flow_id(api), "state": {"type": "RUNNING"}})
     run.raise_for_status()
     run_id = uuid.UUID(run.json()["id"])
@@ -193,7 +193,7 @@ def test_a_worker_with_a_two_minute_poll_takes_a_batch_run_within_seconds(
     pool = env["PRICECAST_WORKER_POOL"]
     deployed = cli(env, "deploy", timeout=300)
     assert deployed.returncode == 0, deployed.stderr
-    api = httpx.Client(base_url=prefect_server, timeout=30)
+    api = prefect_api(prefect_server)
     with two_workers(env, tmp_path, count=1) as (logs, _):
         wait_for(lambda: "started!" in logs[0].read_text(), 120, "the worker started")
         time.sleep(2.0)  # past its first poll, which found nothing
