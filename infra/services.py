@@ -29,6 +29,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from flows.prefect_api import prefect_server_tuning
 from pricecast.errors import ConfigError, PricecastError, ServiceUnavailable
 from pricecast.processes import process_alive
 from pricecast.settings import Settings, get_settings
@@ -379,6 +380,7 @@ def prefect_spec(state: State, layout: Layout) -> ServerSpec:
         ),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        **prefect_server_tuning(os.environ),
     }
     return ServerSpec("prefect", state.prefect_port, argv, env=env)
 

@@ -135,6 +135,8 @@ class PrefectServer:
     def start(self) -> str:
         import httpx
 
+        from flows.prefect_api import prefect_server_tuning
+
         database = f"sqlite+aiosqlite:///{self.home / 'prefect.db'}"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
@@ -146,6 +148,7 @@ class PrefectServer:
             "PREFECT_UI_API_URL": self.url,
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(self.port),
+            **prefect_server_tuning(os.environ),  # as `make up` runs it
         }
         self.starts += 1
         log_path = self.home / f"server-{self.starts}.log"

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -323,6 +324,20 @@ def test_make_up_nightly_visible_in_mlflow_and_prefect_then_make_down(pg_admin_e
         flow_run = _json("GET", f"{prefect}/flow_runs/{result['flow_run_id']}")
         assert flow_run["state"]["type"] == "COMPLETED"
         assert flow_run["parameters"]["as_of"] == as_of
+        # Its task runs reach the server through the task-run recorder, which `make up` runs
+        # 50 events at a time, at least every second (flows/prefect_api.py): all there, ended.
+        admin = _json("GET", f"{prefect}/admin/settings")["server"]["services"]
+        recorder = admin["task_run_recorder"]
+        assert (recorder["batch_size"], recorder["flush_interval"]) == (50, 1.0), recorder
+        of_the_night = {"flow_runs": {"id": {"any_": [result["flow_run_id"]]}}}
+        deadline = time.monotonic() + 10
+        while True:
+            task_runs = _json("POST", f"{prefect}/task_runs/filter", of_the_night)
+            states = sorted((t["name"], (t.get("state") or {}).get("type")) for t in task_runs)
+            if len(states) >= 5 and all(state == "COMPLETED" for _, state in states):
+                break
+            assert time.monotonic() < deadline, f"task runs after 10 s: {states}"
+            time.sleep(0.5)
 
         # The UI in the browser calls the API on our port (Prefect would assume 4200).
         ui_settings = _json("GET", f"http://127.0.0.1:{prefect_port}/ui-settings")
