@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pricecast.settings import apply_prefect_defaults  # noqa: E402  (import-light)
+from pricecast.settings import apply_environment_defaults  # noqa: E402  (import-light)
 
 DEFAULT_CSV = "/work/shared/data/bitcoin_historical_prices.csv"
 
@@ -95,7 +95,7 @@ def main() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    apply_prefect_defaults()
+    apply_environment_defaults()
     drop = None
     if args.database == "postgres":
         url, drop = scratch_postgres()

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pricecast.settings import apply_prefect_defaults  # noqa: E402  (import-light)
+from pricecast.settings import apply_environment_defaults  # noqa: E402  (import-light)
 
 DEFAULT_CSV = "/work/shared/data/bitcoin_historical_prices.csv"
 
@@ -169,7 +169,7 @@ def main() -> None:
     os.environ.pop("PRICECAST_PROMOTION_MAX_PVALUE", None)  # report only: count what it would do
     if args.margin is not None:
         os.environ["PRICECAST_PROMOTION_MARGIN"] = str(args.margin)
-    apply_prefect_defaults()
+    apply_environment_defaults()
     drop = None
     if args.database == "postgres":
         from backfill import scratch_postgres

@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pricecast.settings import apply_prefect_defaults  # noqa: E402  (import-light)
+from pricecast.settings import apply_environment_defaults  # noqa: E402  (import-light)
 
 BOOK_CSV = Path("/work/shared/data/bitcoin_historical_prices.csv")
 
@@ -110,7 +110,7 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    apply_prefect_defaults()
+    apply_environment_defaults()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
     started = time.perf_counter()

@@ -482,6 +482,7 @@ def bench_environment(epochs: int | None) -> tuple[str, Path]:
         "PREFECT_HOME": str(home / "prefect-client"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     })  # fmt: skip
     # The caller's services are not ours; the polling intervals are measured at their defaults.
@@ -503,7 +504,7 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
                epochs: int | None) -> list[dict[str, Any]]:  # fmt: skip
     """Services up, the pool deployed, each phase's tickers added; one worker, then two; the
     services down and their databases dropped at the end, whatever happened."""
-    from pricecast.settings import apply_prefect_defaults, get_settings
+    from pricecast.settings import apply_environment_defaults, get_settings
 
     settings = get_settings()
     layout = services.layout_for(settings)
@@ -517,7 +518,7 @@ def run_phases(services: ModuleType, pool: str, *, tickers: int, as_of: dt.date,
             key, value = line.removeprefix("export ").split("=", 1)
             os.environ[key] = value
         get_settings.cache_clear()
-        apply_prefect_defaults()
+        apply_environment_defaults()
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         database_url = get_settings().resolved_database_url
 

@@ -32,7 +32,7 @@ from sqlalchemy.pool import NullPool
 from flows.prefect_api import prefect_server_tuning
 from pricecast.errors import ConfigError, PricecastError, ServiceUnavailable
 from pricecast.processes import process_alive
-from pricecast.settings import Settings, get_settings
+from pricecast.settings import MLFLOW_DEFAULTS, Settings, get_settings
 from pricecast.urls import mask_url
 
 HOST = "127.0.0.1"
@@ -357,8 +357,9 @@ def mlflow_spec(state: State, layout: Layout) -> ServerSpec:
         # on, which costs every kept-alive request ~40 ms (flows/tracking/keepalive.py).
         "--workers", "1",
     ]  # fmt: skip
-    # Job execution (GenAI judges) would add seven ~200 MB huey workers we never use.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # Job execution (GenAI judges) would add seven ~200 MB huey workers we never use; no
+    # telemetry (pricecast.settings.MLFLOW_DEFAULTS).
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **MLFLOW_DEFAULTS}
     return ServerSpec("mlflow", state.mlflow_port, argv, env=env)
 
 

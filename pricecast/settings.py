@@ -19,6 +19,14 @@ from pricecast.urls import mask_url
 #: machine it needs more. Prefect's own variable; a value the user exported wins.
 PREFECT_DEFAULTS: dict[str, str] = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
 
+#: MLflow 3 sends usage telemetry (it first fetches a config from an outside host) from every
+#: process that uses it, unless MLFLOW_DISABLE_TELEMETRY is true or DO_NOT_TRACK is "true": the
+#: DO_NOT_TRACK=1 that turns Prefect's off is not enough for MLflow. pricecast sends nothing out.
+MLFLOW_DEFAULTS: dict[str, str] = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+
+#: What `apply_environment_defaults` puts into the environment of pricecast's processes.
+ENVIRONMENT_DEFAULTS: dict[str, str] = {**PREFECT_DEFAULTS, **MLFLOW_DEFAULTS}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PRICECAST_", extra="ignore")
@@ -172,12 +180,13 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def apply_prefect_defaults(environ: MutableMapping[str, str] | None = None) -> None:
-    """Put PREFECT_DEFAULTS into the environment unless already set there.
+def apply_environment_defaults(environ: MutableMapping[str, str] | None = None) -> None:
+    """Put ENVIRONMENT_DEFAULTS (Prefect's and MLflow's) into the environment unless already set
+    there.
 
-    Prefect reads its settings once, when it is imported, so this must run before `import
-    prefect` (the CLI calls it first thing); child processes inherit the values.
+    Prefect and MLflow read these when they are imported, so this must run before `import
+    prefect` or `import mlflow` (the CLI calls it first thing); child processes inherit them.
     """
     target = os.environ if environ is None else environ
-    for name, value in PREFECT_DEFAULTS.items():
+    for name, value in ENVIRONMENT_DEFAULTS.items():
         target.setdefault(name, value)

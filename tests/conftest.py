@@ -25,6 +25,7 @@ import pytest
 # Before anything imports prefect: no telemetry (there is no network), no user-level state.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PG_ADMIN_URL = os.environ.get(

@@ -22,7 +22,7 @@ from flows.cli import status as cli_status
 from flows.cli import universe as cli_universe
 from pricecast import __version__
 from pricecast.errors import PricecastError
-from pricecast.settings import apply_prefect_defaults
+from pricecast.settings import apply_environment_defaults
 from pricecast.urls import mask_secrets
 
 app = typer.Typer(
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     cli_logs.DEBUG = debug
     # Before any command imports Prefect: Prefect reads its settings when it is imported.
-    apply_prefect_defaults()
+    apply_environment_defaults()
     try:
         code = app(args=args, standalone_mode=False)
     except click.exceptions.Exit as exc:

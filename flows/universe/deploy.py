@@ -153,6 +153,7 @@ def worker_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", f"{settings.worker_query_seconds:g}")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 

@@ -8,7 +8,7 @@ import datetime as dt
 
 from flows.prefect_api import prefect_api_lost
 from flows.universe.report import UniverseBackfill, UniverseResult
-from pricecast.settings import apply_prefect_defaults
+from pricecast.settings import apply_environment_defaults
 
 #: What a lost Prefect server means for the batch runs of a universe night.
 WORKERS_NOTE = (
@@ -31,7 +31,7 @@ def run_universe(
     window_weeks: int | None = None,
 ) -> UniverseResult:
     """One `nightly-universe` flow run as of `as_of` (default: yesterday, UTC); see the flow."""
-    apply_prefect_defaults()
+    apply_environment_defaults()
     from flows.universe.flow import UniverseFailed, nightly_universe
     from forecasting.calendar import yesterday_utc
 
@@ -70,7 +70,7 @@ def backfill_universe(
 ) -> UniverseBackfill:
     """Replay the universe as of each date in [start, end] (every day or week, the single-ticker
     backfill's dates and rules); see `backfill-universe`."""
-    apply_prefect_defaults()
+    apply_environment_defaults()
     from flows.schedule.backfill import backfill_dates
     from flows.universe.flow import UniverseFailed, backfill_universe_flow
 

@@ -129,13 +129,14 @@ def test_help(command, capsys) -> None:
     assert code == 0 and "Usage:" in out
 
 
-def test_prefect_defaults_are_set_before_any_command_can_import_prefect(monkeypatch) -> None:
-    """Prefect reads its settings when imported: the CLI must not import it before `main`."""
+def test_environment_defaults_are_set_before_any_command_can_import_prefect(monkeypatch) -> None:
+    """Prefect and MLflow read their settings when imported: the CLI must not import Prefect
+    before `main` puts its defaults (and MLflow's) into the environment."""
     import os
     import subprocess
     import sys
 
-    from pricecast.settings import PREFECT_DEFAULTS
+    from pricecast.settings import ENVIRONMENT_DEFAULTS
 
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, flows.cli; print('prefect' in sys.modules)"],
@@ -144,8 +145,8 @@ def test_prefect_defaults_are_set_before_any_command_can_import_prefect(monkeypa
         check=True,
     )
     assert loaded.stdout.strip() == "False"
-    for name in PREFECT_DEFAULTS:
+    for name in ENVIRONMENT_DEFAULTS:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(SystemExit):
         main(["--version"])
-    assert {name: os.environ[name] for name in PREFECT_DEFAULTS} == PREFECT_DEFAULTS
+    assert {name: os.environ[name] for name in ENVIRONMENT_DEFAULTS} == ENVIRONMENT_DEFAULTS
