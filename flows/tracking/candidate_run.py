@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     import keras
     import numpy as np
     import pandas as pd
+    from mlflow import MlflowClient
     from mlflow.models.model import ModelInfo
+    from mlflow.store.artifact.artifact_repository import ArtifactRepository
 
     from forecasting.backtest import BacktestResult, CandidateResult
     from forecasting.candidates import LSTMForecaster
@@ -219,21 +221,12 @@ def log_candidate_run(
                 **tags,
             },
         ) as run:
-            log_values(
-                mlflow.MlflowClient(tracking_uri=tracking_uri),
-                run.info.run_id,
-                params=params,
-                metrics={
-                    "rmse": scored.rmse,
-                    "mape": scored.mape,
-                    "train_seconds": scored.train_seconds,
-                },
-                series_dates=[w.date() for w in backtest.held_out_weeks],
-                series={
-                    "weekly_rmse": scored.weekly_rmse.tolist(),
-                    "weekly_mape": scored.weekly_mape.tolist(),
-                },
-            )
+            client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+            run_id = run.info.run_id
+            if model is None:
+                _log_scores(client, run_id, scored, backtest, params=params)
+            else:  # params now (MLflow copies them into the model), scores once it is logged
+                log_values(client, run_id, params=params)
             with tempfile.TemporaryDirectory(prefix="pricecast-") as tmp:
                 folder = Path(tmp)
                 (folder / PREDICTIONS_FILE).write_text(
@@ -247,17 +240,50 @@ def log_candidate_run(
                     plot_forecast_vs_actual(
                         folder / PLOT_FILE, name, backtest, scored.predictions, calibration
                     )
-                mlflow.log_artifacts(tmp)
+                # The run's own artifact location: MLflow's log_artifacts would ask for the run.
+                run_artifacts(run.info.artifact_uri, tracking_uri).log_artifacts(tmp)
             if model is None:
-                return LoggedCandidate(run_id=run.info.run_id)
+                return LoggedCandidate(run_id=run_id)
             info = _log_model(model, params)
-            return LoggedCandidate(
-                run_id=run.info.run_id, model_uri=info.model_uri, model_id=info.model_id
-            )
+            _log_scores(client, run_id, scored, backtest, model_id=info.model_id)
+            return LoggedCandidate(run_id=run_id, model_uri=info.model_uri, model_id=info.model_id)
     except ServiceUnavailable:
         raise
     except Exception as exc:
         raise unavailable(tracking_uri, f"logging the {name} run", exc) from exc
+
+
+def _log_scores(
+    client: MlflowClient,
+    run_id: str,
+    scored: CandidateResult,
+    backtest: BacktestResult,
+    *,
+    params: Mapping[str, object] | None = None,
+    model_id: str | None = None,
+) -> None:
+    """The model's scores (RMSE, MAPE, and both per held-out week, dated) in one request; with
+    `model_id` also the logged model's metrics (`log_values`)."""
+    log_values(
+        client,
+        run_id,
+        params=params,
+        metrics={"rmse": scored.rmse, "mape": scored.mape, "train_seconds": scored.train_seconds},
+        series_dates=[w.date() for w in backtest.held_out_weeks],
+        series={
+            "weekly_rmse": scored.weekly_rmse.tolist(),
+            "weekly_mape": scored.weekly_mape.tolist(),
+        },
+        model_id=model_id,
+    )
+
+
+def run_artifacts(artifact_uri: str, tracking_uri: str) -> ArtifactRepository:
+    """The artifact store of a run whose artifact URI is known (MLflow's own client looks the
+    run up on the tracking server first, once per run and process)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
 
 
 def _log_model(model: TrainedModel, params: Mapping[str, object]) -> ModelInfo:

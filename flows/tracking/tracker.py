@@ -177,17 +177,28 @@ def log_values(
     series: Mapping[str, Sequence[float]] | None = None,
     tags: Mapping[str, object] | None = None,
     series_dates: Sequence[dt.date] | None = None,
+    model_id: str | None = None,
 ) -> None:
     """Params, metrics (each `series` as one value per step) and tags in one request, not one
     request per value. With `series_dates` each step is timestamped with its date (a held-out
-    week's Monday), so MLflow's charts plot the series against dates ("Time" x-axis)."""
+    week's Monday), so MLflow's charts plot the series against dates ("Time" x-axis).
+
+    With `model_id` (a model logged in this run), the values at step 0 are the logged model's
+    metrics too, as MLflow links a run's metrics when it logs a model after them; logged after
+    the model, they spare MLflow reading each metric's history back to link it (1 + one per
+    metric requests per model)."""
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-    values = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+
+    def metric(key: str, value: float, timestamp: int, step: int) -> Metric:
+        linked = model_id if step == 0 else None
+        return Metric(key, float(value), timestamp, step, model_id=linked)
+
+    values = [metric(k, v, now, 0) for k, v in (metrics or {}).items()]
     for key, steps in (series or {}).items():
         values += [
-            Metric(key, float(v), _timestamp(series_dates, step, now), step)
+            metric(key, v, _timestamp(series_dates, step, now), step)
             for step, v in enumerate(steps)
         ]
     client.log_batch(

@@ -172,6 +172,14 @@ def test_two_nights_in_a_row_then_a_rerun(on_postgres: str, tmp_path: Path) -> N
         assert mondays[-1] <= NIGHT_1 and [d.weekday() for d in mondays] == [0, 0, 0]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"predictions.csv", "forecast_vs_actual.png"} <= artifacts
+        # The logged model (MLflow's Models tab) carries the run's params and its scores.
+        (output,) = run.outputs.model_outputs
+        logged_model = client.get_logged_model(output.model_id)
+        assert logged_model.params["data_fingerprint"] == fingerprint
+        model_metrics = {m.key: m.value for m in logged_model.metrics or []}
+        assert model_metrics["mape"] == pytest.approx(run.data.metrics["mape"])
+        assert model_metrics["rmse"] == pytest.approx(run.data.metrics["rmse"])
+        assert model_metrics["weekly_mape"] == pytest.approx(weekly[0].value)  # step 0, as MLflow
     champion = client.get_model_version_by_alias(model_name(ticker), "champion")
     assert int(champion.version) == first["champion_version"]
     assert champion.tags["decision"] == "promoted"
