@@ -8,20 +8,36 @@ It imports only mlflow, numpy, pandas and `forecasting` (bundled with the model)
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.models import set_model
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.pyfunc.model import PythonModel, PythonModelContext
+#: The model's copy of `forecasting/` and `pricecast/errors.py`, one zip in its `code/` folder
+#: (`flows.serving.log`). Python imports from a zip on `sys.path`; MLflow puts only the folder
+#: there, so the bundle goes first before `forecasting` is imported. In the repository (this
+#: module imported for its names) there is no bundle beside it, and nothing changes.
+CODE_BUNDLE = "pricecast-code.zip"
 
-from forecasting.candidates import ModelMetadata, SavedLSTM, from_keras
-from forecasting.intervals import IntervalCalibration
-from forecasting.model import load_model
-from forecasting.weeks import CLOSE, DATE, DAYS_PER_WEEK, group_iso_weeks
+
+def _bundle_on_path() -> None:
+    bundle = Path(__file__).resolve().parent / "code" / CODE_BUNDLE
+    if bundle.is_file() and str(bundle) not in sys.path:
+        sys.path.insert(0, str(bundle))
+
+
+_bundle_on_path()
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import set_model  # noqa: E402
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
+from mlflow.pyfunc.model import PythonModel, PythonModelContext  # noqa: E402
+
+from forecasting.candidates import ModelMetadata, SavedLSTM, from_keras  # noqa: E402
+from forecasting.intervals import IntervalCalibration  # noqa: E402
+from forecasting.model import load_model  # noqa: E402
+from forecasting.weeks import CLOSE, DATE, DAYS_PER_WEEK, group_iso_weeks  # noqa: E402
 
 #: Keys of the model's artifacts (files logged next to this code).
 NETWORK_ARTIFACT = "network"
