@@ -492,7 +492,6 @@ def bench_environment(epochs: int | None) -> tuple[str, Path]:
         "PREFECT_HOME": str(home / "prefect-client"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     })  # fmt: skip
     # The caller's services are not ours; the polling intervals are measured at their defaults.

@@ -151,8 +151,6 @@ class _SavedWithoutServingCheck:
     """`mlflow.pyfunc` as the flavor `Model.log` saves with, taking its `validate_serving_input`
     (which `mlflow.pyfunc.save_model` refuses)."""
 
-    __name__ = "mlflow.pyfunc"
-
     @staticmethod
     def save_model(**kwargs: Any) -> None:
         import mlflow.pyfunc

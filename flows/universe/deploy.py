@@ -22,7 +22,7 @@ from flows.schedule.serve import (
 )
 from flows.universe.fanout import ENGINE_COMMAND, batch_deployment, universe_deployment
 from pricecast.errors import ConfigError
-from pricecast.settings import Settings, get_settings
+from pricecast.settings import Settings, apply_environment_defaults, get_settings
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -153,8 +153,8 @@ def worker_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", f"{settings.worker_query_seconds:g}")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("DO_NOT_TRACK", "1")
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    apply_environment_defaults(env)  # MLflow's telemetry off, Prefect's start-up bound
     return env
 
 

@@ -40,3 +40,11 @@ def test_without_a_path_the_interpreter_comes_before_the_default(tmp_path: Path)
     env = worker_env(Settings(home=tmp_path), {})
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert env["PATH"].split(os.pathsep)[1:] == [p for p in os.defpath.split(os.pathsep) if p]
+
+
+def test_flow_runs_send_no_telemetry_unless_the_user_said_otherwise(tmp_path: Path) -> None:
+    env = worker_env(Settings(home=tmp_path), {})
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert env["DO_NOT_TRACK"] == "1" and env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    exported = worker_env(Settings(home=tmp_path), {"MLFLOW_DISABLE_TELEMETRY": "false"})
+    assert exported["MLFLOW_DISABLE_TELEMETRY"] == "false"
